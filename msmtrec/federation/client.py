@@ -1,0 +1,116 @@
+"""One scenario's side of a federation, shared by the simulation and the gRPC client.
+
+It owns the scenario's model and data, receives θ^start from the server, trains a round with
+the regularizer anchored at θ^start, and returns θ^end of the tensors the parameter-group
+table lets leave the client. Everything else (embeddings, gates, W_T, BatchNorm) stays here.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from msmtrec.data.dataset import ScenarioSplits
+from msmtrec.federation.config import FederationConfig
+from msmtrec.federation.groups import signature
+from msmtrec.federation.strategy import ClientUpdate, Tensors
+from msmtrec.model.config import ModelConfig
+from msmtrec.model.mmoe import MultiTaskMMoE, build_model
+from msmtrec.training.metrics import TaskMetrics
+from msmtrec.training.trainer import FitResult, TrainConfig, Trainer
+
+
+def round_seed(seed: int, scenario: str, round_number: int) -> int:
+    """A seed per (federation seed, scenario, round) that any process derives identically."""
+    return zlib.crc32(f"{seed}/{scenario}/{round_number}".encode())
+
+
+@dataclass
+class RoundReport:
+    round: int
+    fit: FitResult
+    valid: dict[str, TaskMetrics] = field(default_factory=dict)
+    test: dict[str, TaskMetrics] = field(default_factory=dict)
+
+
+class ClientRuntime:
+    """A scenario client: model + data + trainer + what crosses the wire."""
+
+    def __init__(
+        self,
+        scenario: str,
+        splits: ScenarioSplits,
+        model_config: ModelConfig,
+        federation: FederationConfig,
+        train_config: TrainConfig | None = None,
+        seed: int = 0,
+        model: MultiTaskMMoE | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.splits = splits
+        self.federation = federation
+        self.seed = seed
+        # Same seed everywhere → every client and the server share the initial shared tensors.
+        self.model = model or build_model(splits.schema, model_config, seed)
+        self.trainer = Trainer(self.model, train_config)
+        self.groups = federation.parameter_groups()
+        state = self.model.state_dict()
+        self.groups.check_model(state)
+        self.sent_names = self.groups.sent_names(state)
+        self.anchor: Tensors | None = None
+
+    def signature(self) -> dict[str, tuple]:
+        return signature(self.model.state_dict(), self.sent_names)
+
+    def shared_state(self) -> Tensors:
+        state = self.model.state_dict()
+        return {n: state[n].detach().clone() for n in self.sent_names}
+
+    def receive(self, payload: Mapping[str, torch.Tensor]) -> None:
+        """Load the server's θ^start for this client; it also anchors the regularizer."""
+        if set(payload) != set(self.sent_names):
+            missing = sorted(set(self.sent_names) - set(payload))
+            extra = sorted(set(payload) - set(self.sent_names))
+            raise ValueError(f"payload names differ: missing {missing[:5]}, unexpected {extra[:5]}")
+        state = self.model.state_dict()
+        with torch.no_grad():
+            for n, t in payload.items():
+                if state[n].shape != t.shape:
+                    raise ValueError(f"{n}: shape {tuple(t.shape)} != {tuple(state[n].shape)}")
+                state[n].copy_(t)
+        self.anchor = {n: t.detach().clone() for n, t in payload.items()}
+
+    def train_round(
+        self, round_number: int, progress: bool = False
+    ) -> tuple[ClientUpdate, FitResult]:
+        fit = self.trainer.fit(
+            self.splits.train,
+            seed=round_seed(self.seed, self.scenario, round_number),
+            anchor=self.anchor,
+            mu=self.federation.mu,
+            progress=progress,
+            desc=f"{self.scenario} r{round_number}",
+        )
+        update = ClientUpdate(
+            client_id=self.scenario,
+            num_samples=fit.num_samples,
+            params=self.shared_state(),
+            metrics={"train_loss": fit.loss, "train_seconds": fit.seconds},
+        )
+        return update, fit
+
+    def evaluate(self, split: str = "valid") -> dict[str, TaskMetrics]:
+        data = {"valid": self.splits.valid, "test": self.splits.test, "train": self.splits.train}
+        if split not in data:
+            raise ValueError(f"unknown split {split!r}")
+        return self.trainer.evaluate(data[split])
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        return {n: t.detach().clone() for n, t in self.model.state_dict().items()}
+
+    def load_full_state(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(dict(state), strict=True)

@@ -1,0 +1,113 @@
+"""Federation methods: the baselines and PF-MSMTrec with its ablation switches (ALGORITHM.md §7).
+
+A method is a name that resolves to a :class:`FederationConfig` (server behaviour and the
+local regularizer) plus the model template it needs. The policy table of each method lives in
+:meth:`FederationConfig.parameter_groups`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from msmtrec.federation.conflict import CaRescale, ConflictMode
+from msmtrec.federation.groups import Group, ParameterGroups, Policy
+
+BASE_METHODS = ("local", "fedavg", "fedprox", "fedbn", "pfmsmtrec", "central")
+ABLATIONS = {
+    "pfmsmtrec-no-template": "w/o parameter template (plain experts, personalized aggregation)",
+    "pfmsmtrec-no-fedbn": "w/o FedBN (BatchNorm averaged)",
+    "pfmsmtrec-no-conflict": "w/o conflict coordination (g = mean Δ)",
+    "pfmsmtrec-no-personal": "w/o personalized aggregation (a_c = b_c = 1)",
+    "pfmsmtrec-no-tower": "w/o tower aggregation (towers local)",
+    "pfmsmtrec-mu0": "μ = 0 (no personalization regularizer)",
+}
+METHODS = BASE_METHODS + tuple(ABLATIONS)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Server-side switches and the local regularizer of one federation method.
+
+    ``mu``: weight of (μ/2)‖θ_shared − θ_start‖² in the local loss (the personalization
+    regularizer for pfmsmtrec, the proximal term for fedprox). ``conflict``: ca | pcgrad |
+    none. ``personalize``: learn a_c, b_c by hyper-gradient (False → fixed at 1).
+    """
+
+    method: str = "pfmsmtrec"
+    template: str = "additive3"
+    mu: float = 1e-3
+    conflict: ConflictMode = "ca"
+    ca_alpha: float = 0.4
+    ca_rescale: CaRescale = "alpha"
+    personalize: bool = True
+    tower_aggregation: bool = True
+    fedbn: bool = True
+    init_weight: float = 0.1
+    hyper_lr: float = 0.01
+    hyper_momentum: float = 0.9
+    hyper_weight_decay: float = 1e-4
+
+    def parameter_groups(self) -> ParameterGroups:
+        keep = Policy.KEEP
+        if self.method == "local" or self.method == "central":
+            return ParameterGroups({})
+        if self.method in ("fedavg", "fedprox", "fedbn"):
+            return ParameterGroups(
+                {
+                    Group.GLOBAL: Policy.FEDAVG,
+                    Group.SCENARIO: Policy.FEDAVG,
+                    Group.GATE: Policy.FEDAVG,
+                    Group.TOWER: Policy.FEDAVG,
+                    Group.BN: keep if self.method == "fedbn" else Policy.FEDAVG,
+                }
+            )
+        if self.method == "pfmsmtrec":
+            # With plain experts (template "none") the whole expert weight goes through
+            # conflict coordination, so the ablation isolates the template itself.
+            expert_global = Policy.PERSONAL_EXPERT if self.template == "none" else Policy.FEDAVG
+            return ParameterGroups(
+                {
+                    Group.GLOBAL: expert_global,
+                    Group.SCENARIO: Policy.PERSONAL_EXPERT,
+                    Group.TOWER: Policy.PERSONAL_TOWER if self.tower_aggregation else keep,
+                    Group.BN: keep if self.fedbn else Policy.FEDAVG,
+                }
+            )
+        raise ValueError(f"unknown method {self.method!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FederationConfig:
+        return cls(**d)
+
+    def with_(self, **changes: Any) -> FederationConfig:
+        return replace(self, **changes)
+
+
+def resolve_method(name: str, **overrides: Any) -> FederationConfig:
+    """Method name (a baseline, pfmsmtrec or one of its ablations) → its configuration."""
+    base: dict[str, FederationConfig] = {
+        "local": FederationConfig("local", template="none", mu=0.0),
+        "fedavg": FederationConfig("fedavg", template="none", mu=0.0),
+        "fedprox": FederationConfig("fedprox", template="none", mu=0.01),
+        "fedbn": FederationConfig("fedbn", template="none", mu=0.0),
+        "central": FederationConfig("central", template="none", mu=0.0),
+        "pfmsmtrec": FederationConfig("pfmsmtrec"),
+    }
+    pf = base["pfmsmtrec"]
+    ablations = {
+        "pfmsmtrec-no-template": pf.with_(template="none"),
+        "pfmsmtrec-no-fedbn": pf.with_(fedbn=False),
+        "pfmsmtrec-no-conflict": pf.with_(conflict="none"),
+        "pfmsmtrec-no-personal": pf.with_(personalize=False, init_weight=1.0),
+        "pfmsmtrec-no-tower": pf.with_(tower_aggregation=False),
+        "pfmsmtrec-mu0": pf.with_(mu=0.0),
+    }
+    table = {**base, **ablations}
+    if name not in table:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    cfg = table[name]
+    return cfg.with_(**{k: v for k, v in overrides.items() if v is not None})

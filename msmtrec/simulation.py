@@ -1,0 +1,299 @@
+"""In-process federation: every scenario of a data directory is a client in one process.
+
+Runs the same :class:`~msmtrec.federation.client.ClientRuntime` and
+:class:`~msmtrec.federation.strategy.Strategy` as the networked deployment, prints one line
+per round, selects the round by mean validation AUC (never by test) and reports the test
+metrics of that round per scenario × task.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from msmtrec.data.dataset import ScenarioData, ScenarioSplits
+from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
+from msmtrec.federation.client import ClientRuntime, round_seed
+from msmtrec.federation.config import FederationConfig, resolve_method
+from msmtrec.federation.strategy import Strategy
+from msmtrec.model.config import ModelConfig, preset
+from msmtrec.model.mmoe import build_model
+from msmtrec.training.metrics import TaskMetrics, mean_auc
+from msmtrec.training.trainer import TrainConfig, Trainer
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SimulationConfig:
+    data_dir: Path
+    method: str = "pfmsmtrec"
+    rounds: int = 10
+    preset: str = "small"
+    seed: int = 0
+    scenarios: tuple[str, ...] | None = None
+    valid_fraction: float = 0.1
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    federation_overrides: dict[str, Any] = field(default_factory=dict)
+    progress: bool = False
+
+    def federation(self) -> FederationConfig:
+        return resolve_method(self.method, **self.federation_overrides)
+
+    def model_config(self) -> ModelConfig:
+        fed = self.federation()
+        overrides = {"template": fed.template, **self.model_overrides}
+        return preset(self.preset, **overrides)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    seconds: float
+    train_loss: dict[str, float]
+    valid: dict[str, dict[str, TaskMetrics]]
+    test: dict[str, dict[str, TaskMetrics]]
+    mean_valid_auc: float | None
+    mean_test_auc: float | None
+
+
+@dataclass
+class SimulationResult:
+    method: str
+    config: dict[str, Any]
+    history: list[RoundRecord]
+    best_round: int
+
+    @property
+    def best(self) -> RoundRecord:
+        return next(r for r in self.history if r.round == self.best_round)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "config": self.config,
+            "best_round": self.best_round,
+            "selected_by": "mean validation AUC over scenarios x tasks",
+            "test": self.best.test,
+            "valid": self.best.valid,
+            "mean_test_auc": self.best.mean_test_auc,
+            "mean_valid_auc": self.best.mean_valid_auc,
+            "history": [asdict(r) for r in self.history],
+        }
+
+    def markdown(self) -> str:
+        return results_markdown(self.method, self.best_round, self.best.test)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def results_markdown(method: str, best_round: int, test: dict[str, dict[str, TaskMetrics]]) -> str:
+    """Test AUC / log-loss per scenario × task, plus the macro mean over scenarios."""
+    tasks = list(next(iter(test.values())).keys())
+    head = "| scenario | " + " | ".join(f"{t} AUC | {t} logloss" for t in tasks) + " |"
+    sep = "|---" * (1 + 2 * len(tasks)) + "|"
+    lines = [
+        f"### {method}: test metrics at round {best_round} (selected on validation)",
+        "",
+        head,
+        sep,
+    ]
+    for sc, per_task in test.items():
+        cells = [f"{_fmt(per_task[t]['auc'])} | {_fmt(per_task[t]['logloss'])}" for t in tasks]
+        lines.append(f"| {sc} | " + " | ".join(cells) + " |")
+    means = []
+    for t in tasks:
+        aucs = [test[s][t]["auc"] for s in test if test[s][t]["auc"] is not None]
+        lls = [test[s][t]["logloss"] for s in test if test[s][t]["logloss"] is not None]
+        means.append(
+            f"{_fmt(sum(aucs) / len(aucs) if aucs else None)} | "
+            f"{_fmt(sum(lls) / len(lls) if lls else None)}"
+        )
+    lines.append("| **mean** (macro over scenarios) | " + " | ".join(means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_splits(
+    data_dir: Path,
+    scenarios: tuple[str, ...] | None,
+    valid_fraction: float,
+    schema: FeatureSchema = ALIEXPRESS,
+) -> dict[str, ScenarioSplits]:
+    from msmtrec.data.loader import list_scenarios, load_scenario
+
+    names = scenarios or tuple(list_scenarios(data_dir))
+    if not names:
+        raise FileNotFoundError(f"no scenario directories with a train file under {data_dir}")
+    return {s: load_scenario(data_dir, s, schema, valid_fraction) for s in names}
+
+
+def _round_line(rec: RoundRecord, total: int, tasks: tuple[str, ...]) -> str:
+    per_task = []
+    for t in tasks:
+        vals = [rec.valid[s][t]["auc"] for s in rec.valid if rec.valid[s][t]["auc"] is not None]
+        per_task.append(f"{t} {_fmt(sum(vals) / len(vals) if vals else None)}")
+    loss = sum(rec.train_loss.values()) / max(len(rec.train_loss), 1)
+    scen = " ".join(f"{s}:{_fmt(mean_auc({s: rec.valid[s]}))}" for s in rec.valid)
+    return (
+        f"round {rec.round:>3}/{total}  loss {loss:.4f}  valid AUC {' '.join(per_task)}  "
+        f"mean {_fmt(rec.mean_valid_auc)}  [{scen}]  {rec.seconds:.1f}s"
+    )
+
+
+def run_simulation(
+    config: SimulationConfig,
+    splits: dict[str, ScenarioSplits] | None = None,
+    log: Log = print,
+    on_round: Callable[[int, dict[str, ClientRuntime]], None] | None = None,
+) -> SimulationResult:
+    """Run the federation in-process. ``on_round(round, clients)`` runs after each round
+    (used to publish models to a registry)."""
+    splits = splits or load_splits(config.data_dir, config.scenarios, config.valid_fraction)
+    fed = config.federation()
+    model_cfg = config.model_config()
+    if fed.method == "central":
+        history = _run_central(config, model_cfg, splits, log)
+    else:
+        history = _run_federated(config, fed, model_cfg, splits, log, on_round)
+    best = _select_round(history)
+    log(
+        f"selected round {best.round} by mean validation AUC {_fmt(best.mean_valid_auc)}; "
+        f"mean test AUC {_fmt(best.mean_test_auc)}"
+    )
+    cfg = {
+        "method": config.method,
+        "rounds": config.rounds,
+        "preset": config.preset,
+        "seed": config.seed,
+        "model": model_cfg.to_dict(),
+        "federation": fed.to_dict(),
+        "train": config.train.to_dict(),
+        "valid_fraction": config.valid_fraction,
+        "scenarios": list(splits),
+    }
+    return SimulationResult(config.method, cfg, history, best.round)
+
+
+def _select_round(history: list[RoundRecord]) -> RoundRecord:
+    scored = [r for r in history if r.mean_valid_auc is not None]
+    if not scored:
+        return history[-1]
+    return max(scored, key=lambda r: (r.mean_valid_auc, -r.round))
+
+
+def _run_federated(
+    config: SimulationConfig,
+    fed: FederationConfig,
+    model_cfg: ModelConfig,
+    splits: dict[str, ScenarioSplits],
+    log: Log,
+    on_round: Callable[[int, dict[str, ClientRuntime]], None] | None,
+) -> list[RoundRecord]:
+    clients = {
+        s: ClientRuntime(s, sp, model_cfg, fed, config.train, config.seed)
+        for s, sp in sorted(splits.items())
+    }
+    first = next(iter(clients.values()))
+    strategy = Strategy(fed, first.model.state_dict())
+    for s, c in clients.items():
+        c.receive(strategy.payload(s))
+    tasks = first.model.tasks
+    history = []
+    for r in range(1, config.rounds + 1):
+        start = time.perf_counter()
+        updates, losses = [], {}
+        for s, c in clients.items():
+            update, fit = c.train_round(r, progress=config.progress)
+            updates.append(update)
+            losses[s] = fit.loss
+        for s, payload in strategy.aggregate(updates).items():
+            clients[s].receive(payload)
+        valid = {s: c.evaluate("valid") for s, c in clients.items()}
+        test = {s: c.evaluate("test") for s, c in clients.items()}
+        rec = RoundRecord(
+            r, time.perf_counter() - start, losses, valid, test, mean_auc(valid), mean_auc(test)
+        )
+        history.append(rec)
+        log(_round_line(rec, config.rounds, tasks))
+        if on_round is not None:
+            on_round(r, clients)
+    return history
+
+
+def _run_central(
+    config: SimulationConfig,
+    model_cfg: ModelConfig,
+    splits: dict[str, ScenarioSplits],
+    log: Log,
+) -> list[RoundRecord]:
+    """One MMoE on the pooled training data of all scenarios (a non-private reference)."""
+    schema = next(iter(splits.values())).schema
+    model = build_model(schema, model_cfg, config.seed)
+    trainer = Trainer(model, config.train)
+    pooled = ScenarioData.concat([sp.train for _, sp in sorted(splits.items())])
+    history = []
+    for r in range(1, config.rounds + 1):
+        start = time.perf_counter()
+        fit = trainer.fit(
+            pooled,
+            seed=round_seed(config.seed, "central", r),
+            progress=config.progress,
+            desc=f"central r{r}",
+        )
+        valid = {s: trainer.evaluate(sp.valid) for s, sp in sorted(splits.items())}
+        test = {s: trainer.evaluate(sp.test) for s, sp in sorted(splits.items())}
+        rec = RoundRecord(
+            r,
+            time.perf_counter() - start,
+            {"pooled": fit.loss},
+            valid,
+            test,
+            mean_auc(valid),
+            mean_auc(test),
+        )
+        history.append(rec)
+        log(_round_line(rec, config.rounds, model.tasks))
+    return history
+
+
+def write_report(result: SimulationResult, out_dir: Path, plot: bool = False) -> dict[str, Path]:
+    """results.json + results.md (+ auc_per_round.png) under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md"}
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=2))
+    paths["markdown"].write_text(result.markdown())
+    if plot:
+        paths["plot"] = plot_history(result, out_dir / "auc_per_round.png")
+    return paths
+
+
+def plot_history(result: SimulationResult, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(next(iter(result.history[0].valid.values())).keys())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    rounds = [r.round for r in result.history]
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for sc in result.history[0].valid:
+            vals = [r.valid[sc][task]["auc"] for r in result.history]
+            ax.plot(rounds, [float("nan") if v is None else v for v in vals], marker="o", label=sc)
+        ax.axvline(result.best_round, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(f"{result.method}: validation AUC, {task}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("AUC")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
