@@ -1,0 +1,211 @@
+"""The prediction service: FastAPI over a :class:`~gateway.store.ModelStore`.
+
+Serving path of ``POST /v1/scenarios/{scenario}/predict`` (everything else was prepared when
+the version was loaded): read the body (bounded), ``orjson`` decode, one lookup of the
+scenario's current model, :meth:`FeaturePlan.parse` into numpy arrays, one forward of the
+compiled model under ``torch.inference_mode()``, ``orjson`` encode. Parse + forward run in a
+small dedicated thread pool (``workers``), not on the event loop and not in Starlette's
+40-thread pool: on two cores, two inference threads keep both busy without piling up
+contending forwards (see docs/GATEWAY.md for the measurements behind the default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.features import InstanceError
+from gateway.metrics import UNKNOWN, GatewayMetrics
+from gateway.settings import GatewaySettings
+from gateway.store import ModelStore, ServingModel
+from gateway.watcher import RegistryWatcher
+from msmtrec.registry import ModelRegistry
+
+log = logging.getLogger("msmtrec.gateway")
+JSON = "application/json"
+
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=headers)
+
+
+def _error(status: int, detail: str, **extra: Any) -> Response:
+    return _json(status, {"detail": detail, **extra})
+
+
+class Predictor:
+    """Parse + forward for one request against one already-chosen model (thread-safe)."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.max_batch = settings.max_batch
+
+    def __call__(self, model: ServingModel, raw: bytes) -> tuple[int, bytes]:
+        start = time.perf_counter()
+        try:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise InstanceError("body", f"invalid JSON: {exc}") from None
+            batch = model.plan.parse(body, self.max_batch)
+        except InstanceError as exc:
+            model.validation_errors()
+            model.observe_invalid(time.perf_counter() - start)
+            return 422, orjson.dumps({"detail": str(exc), "loc": exc.loc})
+        n = len(batch.numerical)
+        if batch.oov is not None:
+            for j in batch.oov.nonzero()[0]:
+                model.oov[j].inc(int(batch.oov[j]))
+        try:
+            with torch.inference_mode():
+                probs = model.engine(
+                    torch.from_numpy(batch.categorical), torch.from_numpy(batch.numerical)
+                )
+            columns = probs.numpy().T.tolist()
+        except Exception:
+            log.exception("forward failed for %s %s", model.scenario, model.version)
+            model.internal_errors()
+            model.observe_error(time.perf_counter() - start)
+            return 500, orjson.dumps({"detail": "internal error during inference"})
+        payload = orjson.dumps(
+            {
+                "scenario": model.scenario,
+                "model_version": model.version,
+                "predictions": dict(zip(model.tasks, columns, strict=True)),
+            }
+        )
+        model.batch_size(n)
+        model.instances(n)
+        model.observe_ok(time.perf_counter() - start)
+        return 200, payload
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it exceeds ``limit`` (checked before reading when declared)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """A gateway app over ``settings.registry``; the watcher starts with the app's lifespan."""
+    metrics = GatewayMetrics()
+    registry = ModelRegistry(settings.registry)
+    store = ModelStore(registry, settings.feature_schema(), metrics, engine=settings.engine)
+    watcher = RegistryWatcher(store, settings.poll_interval)
+    predictor = Predictor(settings)
+    executor = (
+        ThreadPoolExecutor(settings.workers, thread_name_prefix="infer")
+        if settings.workers > 0
+        else None
+    )
+    body_limit = settings.body_limit
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.threads)
+        watcher.start()
+        log.info(
+            "gateway over %s: torch threads %d, inference workers %d, engine %s",
+            settings.registry, settings.threads, settings.workers, settings.engine,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            watcher.stop()
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    app = FastAPI(
+        title="msmtrec gateway",
+        description="Per-scenario CTR/CTCVR predictions from the PF-MSMTrec model registry",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.metrics = metrics
+    app.state.watcher = watcher
+
+    @app.post("/v1/scenarios/{scenario}/predict")
+    async def predict(scenario: str, request: Request) -> Response:
+        """Body ``{"instances": [{feature: value, …}, …]}`` → per-task probabilities."""
+        model = store.get(scenario)  # the one reference this request uses to the end
+        if model is None:
+            return _missing(scenario)
+        raw = await _read_body(request, body_limit)
+        if raw is None:
+            model.validation_errors()
+            return _error(413, f"body: larger than {body_limit} bytes", loc="body")
+        if executor is None:
+            status, payload = predictor(model, raw)
+        else:
+            loop = asyncio.get_running_loop()
+            status, payload = await loop.run_in_executor(executor, predictor, model, raw)
+        return Response(payload, status_code=status, media_type=JSON)
+
+    def _missing(scenario: str) -> Response:
+        if scenario in store.known:
+            metrics.errors.labels(scenario, "not_loaded").inc()
+            refusal = store.refusals.get(scenario)
+            why = f": {refusal.reason}" if refusal else ""
+            return _json(
+                503,
+                {"detail": f"scenario {scenario!r} has no loaded model yet{why}"},
+                headers={"Retry-After": "1"},
+            )
+        metrics.errors.labels(UNKNOWN, "unknown_scenario").inc()
+        known = sorted(store.snapshot())
+        return _error(404, f"unknown scenario {scenario!r}; known scenarios: {known}", known=known)
+
+    @app.get("/v1/scenarios")
+    def scenarios() -> Response:
+        models = store.snapshot()
+        out = []
+        for s in sorted(set(store.known) | set(models)):
+            m = models.get(s)
+            entry: dict[str, Any] = {"scenario": s, "loaded": m is not None}
+            if m is not None:
+                entry.update(m.info.summary())
+                entry["loaded_at"] = m.loaded_at
+            refusal = store.refusals.get(s)
+            if refusal is not None:
+                entry["last_refused"] = {
+                    "version": refusal.version, "reason": refusal.reason, "at": refusal.at,
+                }  # fmt: skip
+            out.append(entry)
+        return _json(200, {"scenarios": out})
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return _json(200, {"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        ready, waiting = store.readiness()
+        versions = {s: m.version for s, m in store.snapshot().items()}
+        if ready:
+            return _json(200, {"status": "ready", "scenarios": versions})
+        return _json(503, {"status": "not ready", "waiting_for": waiting, "scenarios": versions})
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

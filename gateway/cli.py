@@ -1,0 +1,55 @@
+"""``msmtrec gateway``: serve every scenario of a model registry over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gateway",
+        help="serve per-scenario CTR/CTCVR predictions from a model registry",
+        description="FastAPI prediction gateway over a model registry (msmtrec simulate "
+        "--publish-to, or the federation's scenario clients). Flags override "
+        "MSMTREC_GATEWAY_* environment variables. See docs/GATEWAY.md.",
+    )
+    p.add_argument("--registry", type=Path, default=None, help="registry root directory")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    p.add_argument("--max-batch", type=int, default=None, help="instances per request (1000)")
+    p.add_argument("--poll-interval", type=float, default=None, help="seconds between scans (2)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1)")
+    p.add_argument("--workers", type=int, default=None, help="inference threads, 0 = inline (2)")
+    p.add_argument("--engine", choices=("compiled", "eager"), default=None)
+    p.add_argument("--schema-file", type=Path, default=None, help="JSON feature schema")
+    p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings
+
+    keys = ("registry", "host", "port", "max_batch", "poll_interval", "threads", "workers",
+            "engine", "schema_file", "log_level")  # fmt: skip
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    settings = GatewaySettings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # per-request log lines cost more than the forward at small batch
+        loop="auto",  # uvloop when installed
+        http="auto",  # httptools when installed
+    )
+    return 0

@@ -1,0 +1,54 @@
+"""Gateway settings: command-line flags override ``MSMTREC_GATEWAY_*`` environment variables,
+which override the defaults below (pydantic-settings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MSMTREC_GATEWAY_", extra="ignore")
+
+    registry: Path = Field(description="model registry root directory")
+    host: str = Field("127.0.0.1", description="bind address (loopback unless deployed)")
+    port: int = Field(8080, ge=0, le=65535)
+    max_batch: int = Field(1000, ge=1, description="most instances per predict request")
+    max_body_bytes: int | None = Field(
+        None, ge=1024, description="largest request body; default 64 KiB + 8 KiB per instance"
+    )
+    poll_interval: float = Field(2.0, gt=0, description="seconds between LATEST pointer scans")
+    threads: int = Field(
+        1,
+        ge=1,
+        description="torch intra-op threads. 1 by default: small batches gain nothing from "
+        "intra-op parallelism and concurrent requests already use the other core",
+    )
+    workers: int = Field(
+        2,
+        ge=0,
+        description="inference threads that run parse + forward off the event loop; "
+        "0 runs them on the event loop itself",
+    )
+    engine: Literal["compiled", "eager"] = Field(
+        "compiled", description="compiled: template/BN/embedding folding; eager: the module"
+    )
+    schema_file: Path | None = Field(
+        None, description="JSON feature schema to serve (default: the AliExpress schema)"
+    )
+    log_level: str = "info"
+
+    @property
+    def body_limit(self) -> int:
+        return self.max_body_bytes or (64 << 10) + self.max_batch * (8 << 10)
+
+    def feature_schema(self) -> FeatureSchema:
+        if self.schema_file is None:
+            return ALIEXPRESS
+        return FeatureSchema.from_dict(json.loads(self.schema_file.read_text()))
