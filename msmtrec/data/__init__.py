@@ -9,6 +9,7 @@ from msmtrec.data.loader import (
     write_split,
 )
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema, aliexpress_schema
+from msmtrec.data.synth import SynthConfig, generate, synthesize
 
 __all__ = [
     "ALIEXPRESS",
@@ -16,9 +17,12 @@ __all__ = [
     "FeatureSchema",
     "ScenarioData",
     "ScenarioSplits",
+    "SynthConfig",
     "aliexpress_schema",
+    "generate",
     "list_scenarios",
     "load_scenario",
     "load_split",
+    "synthesize",
     "write_split",
 ]
