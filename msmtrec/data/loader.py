@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,7 @@ __all__ = [
     "PARQUET_SUFFIXES",
     "DataValidationError",
     "find_split_file",
+    "iter_line_chunks",
     "list_scenarios",
     "load_scenario",
     "load_split",
@@ -392,25 +394,30 @@ def _columns_from_table(table: pa.Table | pa.RecordBatch, names: Sequence[str]) 
     return out
 
 
+def iter_line_chunks(f: BinaryIO, chunk_bytes: int) -> Iterator[memoryview]:
+    """Line-aligned slices of a binary stream, about ``chunk_bytes`` each (a line longer than
+    that makes its chunk longer). Shared with the raw AliExpress preparer."""
+    carry = b""
+    while True:
+        data = f.read(chunk_bytes)
+        if not data:
+            if carry:
+                yield memoryview(carry)
+            return
+        if carry:
+            data = carry + data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:  # one line longer than a chunk: keep reading
+            carry = data
+            continue
+        carry = data[cut:]
+        yield memoryview(data)[:cut]
+
+
 def _iter_chunks(path: Path, start: int, chunk_bytes: int) -> Iterator[memoryview]:
-    """Line-aligned slices of the file's data, about ``chunk_bytes`` each."""
     with open(path, "rb") as f:
         f.seek(start)
-        carry = b""
-        while True:
-            data = f.read(chunk_bytes)
-            if not data:
-                if carry:
-                    yield memoryview(carry)
-                return
-            if carry:
-                data = carry + data
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:  # one line longer than a chunk: keep reading
-                carry = data
-                continue
-            carry = data[cut:]
-            yield memoryview(data)[:cut]
+        yield from iter_line_chunks(f, chunk_bytes)
 
 
 def _load_csv(path: Path, plan: _Plan, chunk_bytes: int) -> ScenarioData:
