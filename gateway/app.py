@@ -120,6 +120,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        previous_threads = torch.get_num_threads()
         torch.set_num_threads(settings.threads)
         watcher.start()
         log.info(
@@ -132,6 +133,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             watcher.stop()
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(previous_threads)  # matters when embedded (tests)
 
     app = FastAPI(
         title="msmtrec gateway",

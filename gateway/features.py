@@ -96,7 +96,8 @@ class FeaturePlan:
         cat = values[:, :f]
         if not (cat == np.floor(cat)).all() or (cat < 0).any():
             self._explain(instances)
-        num = values[:, f:].astype(np.float32)
+        with np.errstate(over="ignore"):  # overflow → inf, reported below
+            num = values[:, f:].astype(np.float32)
         if not np.isfinite(num).all():
             self._explain(instances)
         over = cat >= self.vocab

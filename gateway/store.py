@@ -25,7 +25,7 @@ from gateway.engine import Engine, compile_model
 from gateway.features import FeaturePlan
 from gateway.metrics import GatewayMetrics
 from msmtrec.data.schema import FeatureSchema
-from msmtrec.registry import ModelRegistry, RegistryError, VersionInfo
+from msmtrec.registry import ModelRegistry, RegistryError, VersionInfo, version_sequence
 
 log = logging.getLogger("msmtrec.gateway")
 
@@ -112,7 +112,12 @@ class ModelStore:
             new = dict(self._models)
             new[model.scenario] = model
             self._models = new  # one reference assignment: readers see old or new, whole
-        self.refusals.pop(model.scenario, None)
+        refusal = self.refusals.get(model.scenario)
+        if refusal is not None and (
+            refusal.version is None
+            or version_sequence(refusal.version) <= version_sequence(model.version)
+        ):
+            del self.refusals[model.scenario]  # superseded; a newer refusal stays visible
         self.metrics.served(
             model.scenario, old.version if old else None, model.version, model.info.round,
             model.loaded_at,

@@ -403,6 +403,11 @@ class ModelRegistry:
                 f"{path}: format_version {meta.get('format_version')!r}, "
                 f"this code reads {FORMAT_VERSION}"
             )
+        if meta.get("scenario") != scenario or meta.get("version") != version:
+            raise RegistryError(
+                f"{path}: metadata names {meta.get('scenario')}/{meta.get('version')}, "
+                f"not {scenario}/{version} (a copied or renamed version directory?)"
+            )
         try:
             return VersionInfo(
                 scenario=scenario,
