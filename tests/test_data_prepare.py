@@ -3,6 +3,7 @@ labels, join, file layouts (plain, zip, explicit paths) and located errors."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import zipfile
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from msmtrec.data import ALIEXPRESS, DataValidationError, load_split
 from msmtrec.data.aliexpress_raw import find_raw_files, prepare_aliexpress
+from msmtrec.data.cli import register
 
 # The mapping written out independently of the implementation (1-based raw columns).
 CAT_SOURCES = [f"u{c}" for c in range(2, 9)] + ["u32", "u33"]
@@ -208,3 +210,28 @@ def test_ids_beyond_vocab_are_reported(tmp_path: Path) -> None:
     data = load_split(tmp_path / "out" / "NL" / "train.csv")
     assert data.oov_counts[6] == 3
     assert np.all(data.categorical[:3, 6] == ALIEXPRESS.vocab_sizes[6])
+
+
+def test_cli_prepare_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = fabricate(tmp_path / "raw")
+    parser = argparse.ArgumentParser(prog="msmtrec")
+    register(parser.add_subparsers())
+
+    def run(argv: list[str]) -> int:
+        args = parser.parse_args(argv)
+        return args.func(args)
+
+    argv = ["data", "prepare-aliexpress", "--raw", str(raw), "--country", "nl"]
+    assert run([*argv, "--out", str(tmp_path / "out"), "--format", "parquet"]) == 0
+    out = capsys.readouterr().out
+    assert "NL" in out and "0.5714" in out and "1 items without a user row" in out
+    assert (tmp_path / "out" / "NL" / "train.parquet").is_file()
+    assert run(["data", "validate", str(tmp_path / "out")]) == 0
+    assert "ok" in capsys.readouterr().out
+
+    _rewrite(raw / "nl_item_test.csv", 2, 49, "7")
+    assert run([*argv, "--out", str(tmp_path / "out2")]) == 1
+    err = capsys.readouterr().err
+    assert "nl_item_test.csv, row 2, column 'column 49 (feedback)'" in err
+    assert run([*argv, "--out", str(tmp_path / "o"), "--user-train", str(tmp_path / "no.csv")]) == 1
+    assert "user_train file not found" in capsys.readouterr().err

@@ -3,6 +3,8 @@ research question needs (concept shift decides whether another scenario's model 
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import OneHotEncoder
 
 from msmtrec.data import ALIEXPRESS, ScenarioData, list_scenarios, load_scenario, load_split
+from msmtrec.data.cli import register
 from msmtrec.data.synth import SynthConfig, generate, synthesize
 
 SMALL = {"train_rows": 3000, "test_rows": 1000}
@@ -172,3 +175,42 @@ def test_config_validation() -> None:
     ):
         with pytest.raises(ValueError):
             generate(SynthConfig(**{**SMALL, **bad}))
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="msmtrec")
+    register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_synth_has_every_knob_and_writes_what_the_api_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    synth_parser = parser._subparsers._group_actions[0].choices["data"]  # type: ignore[union-attr]
+    synth_parser = synth_parser._subparsers._group_actions[0].choices["synth"]
+    dests = {a.dest for a in synth_parser._actions}
+    assert {f.name for f in dataclasses.fields(SynthConfig)} <= dests
+
+    argv = ["data", "synth", "--out", str(tmp_path / "cli"), "--scenarios", "NL,ES", "FR"]
+    argv += ["--train-rows", "2000", "--test-rows", "500", "--concept-shift", "0.7"]
+    argv += ["--covariate-shift", "0.1", "--task-correlation", "-0.2", "--ctr", "0.1"]
+    argv += ["--cvr", "0.2", "--imbalance", "0.1", "--signal", "1.0", "--test-drift", "0.05"]
+    argv += ["--seed", "5", "--format", "parquet"]
+    assert _cli(argv) == 0
+    out = capsys.readouterr().out
+    assert "NL" in out and "FR" in out and "click rate" in out
+    cfg = SynthConfig(
+        scenarios=("NL", "ES", "FR"), train_rows=2000, test_rows=500, concept_shift=0.7,
+        covariate_shift=0.1, task_correlation=-0.2, ctr=0.1, cvr=0.2, imbalance=0.1,
+        signal=1.0, test_drift=0.05, seed=5, fmt="parquet",
+    )  # fmt: skip
+    synthesize(tmp_path / "api", cfg)
+    assert files_of(tmp_path / "cli") == files_of(tmp_path / "api")
+
+    assert _cli(["data", "validate", str(tmp_path / "cli")]) == 0
+    assert "ok" in capsys.readouterr().out
+    assert _cli(["data", "synth", "--out", str(tmp_path / "bad"), "--concept-shift", "2"]) == 1
+    assert "concept_shift" in capsys.readouterr().err
