@@ -73,7 +73,7 @@ def test_reads_real_fixture_rows() -> None:
     ("row", "column", "value", "expected"),
     [
         (7, "numerical_12", "abc", "non-numeric value 'abc'"),
-        (10, "click", "2", "label must be 0 or 1"),
+        (10, "click", "2", "label must be 0 or 1, got 2"),
         (4, "numerical_30", "", "missing value"),
         (5, "categorical_3", "2.5", "non-integer value 2.5"),
         (9, "categorical_5", "-1", "negative categorical id -1"),
@@ -128,6 +128,13 @@ def test_first_problem_wins_and_late_chunks_keep_row_numbers(tmp_path: Path) -> 
     rows[2][header.index("categorical_2")] = "1.5"
     path = write_rows(tmp_path / "two.csv", header, rows)
     with pytest.raises(DataValidationError, match=r"row 3, column 'categorical_2'"):
+        load_split(path)
+    # Same column, two kinds of problem: the earlier row wins, whatever its kind.
+    header, rows = read_rows(TRAIN)
+    rows[49][header.index("categorical_6")] = ""
+    rows[10][header.index("categorical_6")] = "3.5"
+    path = write_rows(tmp_path / "same_col.csv", header, rows)
+    with pytest.raises(DataValidationError, match=r"row 11, column 'categorical_6': non-integer"):
         load_split(path)
     # Tiny chunks: the problem sits in a late chunk and both the vectorized check and the
     # parse-failure diagnosis must still count rows from the top of the file.
@@ -214,6 +221,12 @@ def test_parquet_errors_are_located(tmp_path: Path) -> None:
     df.to_parquet(tmp_path / "text.parquet", index=False)
     with pytest.raises(DataValidationError, match=r"text\.parquet, row 7, column 'numerical_3'"):
         load_split(tmp_path / "text.parquet")
+    df = pd.read_csv(TRAIN)
+    df.loc[17, "numerical_8"] = np.nan
+    df.loc[30, "categorical_1"] = -3
+    df.to_parquet(tmp_path / "nan.parquet", index=False)
+    with pytest.raises(DataValidationError, match=r"nan\.parquet, row 18, column 'numerical_8'"):
+        load_split(tmp_path / "nan.parquet")
     df = pd.read_csv(TRAIN).drop(columns=["categorical_9"])
     df.to_parquet(tmp_path / "nocol.parquet", index=False)
     with pytest.raises(DataValidationError, match=r"nocol\.parquet, column 'categorical_9'"):
@@ -293,3 +306,12 @@ def test_header_only_and_unknown_suffix(tmp_path: Path) -> None:
     (tmp_path / "blank.csv").write_text("")
     with pytest.raises(DataValidationError, match="empty file"):
         load_split(tmp_path / "blank.csv")
+
+
+def test_crlf_bom_and_no_final_newline(tmp_path: Path) -> None:
+    text = TRAIN.read_text()
+    path = tmp_path / "windows.csv"
+    path.write_bytes(("\ufeff" + text.rstrip("\n").replace("\n", "\r\n")).encode())
+    a, b = load_split(TRAIN), load_split(path)
+    np.testing.assert_array_equal(a.numerical, b.numerical)
+    np.testing.assert_array_equal(a.labels, b.labels)

@@ -140,7 +140,7 @@ def _lr_aucs(concept_shift: float) -> tuple[float, float, float]:
     enc = OneHotEncoder(categories=[np.arange(v + 1) for v in ALIEXPRESS.vocab_sizes])
     enc.fit(np.zeros((1, ALIEXPRESS.num_categorical), dtype=np.int64))
     models = {
-        n: LogisticRegression(max_iter=1000).fit(_design(s.train, enc), s.train.labels[:, 0])
+        n: LogisticRegression(solver="liblinear").fit(_design(s.train, enc), s.train.labels[:, 0])
         for n, s in sc.items()
     }
 

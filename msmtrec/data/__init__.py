@@ -1,5 +1,6 @@
 """Data: feature schema, AliExpress loader and raw preparer, synthetic generator."""
 
+from msmtrec.data.aliexpress_raw import prepare_aliexpress
 from msmtrec.data.dataset import ScenarioData, ScenarioSplits
 from msmtrec.data.loader import (
     DataValidationError,
@@ -23,6 +24,7 @@ __all__ = [
     "list_scenarios",
     "load_scenario",
     "load_split",
+    "prepare_aliexpress",
     "synthesize",
     "write_split",
 ]

@@ -64,7 +64,7 @@ ITEM_NUMERICAL: tuple[int, ...] = tuple(c for c in range(2, 49) if c not in ITEM
 FEEDBACK_COLUMN = 49
 SEARCH_ID_COLUMN = 1
 
-DEFAULT_CHUNK_BYTES = 16 << 20
+DEFAULT_CHUNK_BYTES = 8 << 20
 _NULLS = frozenset(("", "NA", "N/A", "NaN", "nan", "NULL", "null", "None"))
 
 

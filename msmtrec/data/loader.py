@@ -137,7 +137,8 @@ def _first(mask: np.ndarray) -> int:
 
 
 def _fmt(v: float) -> str:
-    return repr(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
+    """2.0 -> '2', 2.5 -> '2.5': ids and labels read as floats print like the file."""
+    return repr(int(v)) if math.isfinite(v) and v.is_integer() and abs(v) < 1e15 else repr(v)
 
 
 class _Sink:
@@ -177,69 +178,45 @@ class _Sink:
         a, b = self.n, self.n + rows
         problems: list[tuple[int, int, str, str]] = []
 
-        def report(name: str, mask: np.ndarray, message: str) -> None:
-            i = _first(mask)
-            text = message.format(columns[name][i])
-            problems.append((i, self.positions.get(name, 0), name, text))
+        def report(name: str, kind: str, bad: np.ndarray) -> None:
+            i = _first(bad)
+            message = _value_problem(kind, float(columns[name][i])) or "invalid value"
+            problems.append((i, self.positions.get(name, 0), name, message))
 
         s = self.plan.schema
-        for name in s.categorical:
-            j = self.cat_index[name]
+        for j, name in enumerate(s.categorical):
             v = columns[name]
+            if v.dtype.kind == "b":
+                v = v.astype(np.int8)
             if v.dtype.kind == "f":
-                if not np.isfinite(v).all():
-                    bad = ~np.isfinite(v)
-                    missing = np.isnan(v)
-                    if missing.any():
-                        report(name, missing, "missing value (empty or NaN)")
-                    else:
-                        report(name, bad, "non-finite value {} in a categorical column")
-                    continue
-                nonint = v != np.floor(v)
-                if nonint.any():
-                    report(name, nonint, "non-integer value {} in a categorical column")
-                    continue
-            elif v.dtype.kind == "b":
-                v = v.astype(np.int64)
-            if v.dtype.kind in "fi" and (neg := v < 0).any():
-                report(name, neg, "negative categorical id {}")
+                bad = ~np.isfinite(v) | (v != np.floor(v)) | (v < 0)  # NaN: not finite
+            elif v.dtype.kind == "i":
+                bad = v < 0
+            else:
+                bad = None
+            if bad is not None and bad.any():
+                report(name, "categorical", bad)
                 continue
             vocab = int(self.vocab[j])
-            over = v >= vocab
-            n_over = int(np.count_nonzero(over))
+            n_over = int(np.count_nonzero(v >= vocab))
             self.cat[a:b, j] = np.minimum(v, vocab) if n_over else v
             self.oov[j] += n_over
 
-        for name in s.numerical:
-            j = self.num_index[name]
+        for j, name in enumerate(s.numerical):
             v = columns[name]
-            if v.dtype != np.float32:
-                if v.dtype.kind == "f" and np.isfinite(v).all():
-                    huge = np.abs(v) > _FLOAT32_MAX
-                    if huge.any():
-                        report(name, huge, "value {} overflows float32")
-                        continue
-                v = v.astype(np.float32)
-            if not np.isfinite(v).all():
-                missing = np.isnan(v)
-                if missing.any():
-                    report(name, missing, "missing value (empty or NaN)")
-                else:
-                    report(name, ~np.isfinite(v), "non-finite value {}")
+            v32 = v if v.dtype == np.float32 else v.astype(np.float32)
+            bad = ~np.isfinite(v32)  # NaN (missing), inf, or beyond float32's range
+            if bad.any():
+                report(name, "numerical", bad)
                 continue
-            self.num[a:b, j] = v
+            self.num[a:b, j] = v32
 
         labels_ok = True
-        for name in s.labels:
-            j = self.lab_index[name]
+        for j, name in enumerate(s.labels):
             v = columns[name]
-            if v.dtype.kind == "f" and (missing := np.isnan(v)).any():
-                report(name, missing, "missing value (empty or NaN)")
-                labels_ok = False
-                continue
-            bad = (v != 0) & (v != 1)
+            bad = (v != 0) & (v != 1)  # NaN compares unequal: reported as missing
             if bad.any():
-                report(name, bad, "label must be 0 or 1, got {}")
+                report(name, "label", bad)
                 labels_ok = False
                 continue
             self.lab[a:b, j] = v
@@ -247,15 +224,8 @@ class _Sink:
             click, conv = s.labels[0], s.labels[1]
             viol = self.lab[a:b, 1] > self.lab[a:b, 0]
             if viol.any():
-                i = _first(viol)
-                problems.append(
-                    (
-                        i,
-                        self.positions.get(conv, 0),
-                        conv,
-                        _conversion_message(click, conv),
-                    )
-                )
+                pos = self.positions.get(conv, 0)
+                problems.append((_first(viol), pos, conv, _conversion_message(click, conv)))
 
         if problems:
             i, _, name, message = min(problems, key=lambda p: (p[0], p[1]))
@@ -275,31 +245,37 @@ class _Sink:
 # Slow diagnostic pass (only on a chunk pyarrow could not parse)
 
 
+def _value_problem(kind: str, v: float) -> str | None:
+    """What is wrong with a parsed value of a column of this kind, or None. Shared by the
+    vectorized path and the diagnostic pass, so both report the same words."""
+    if math.isnan(v):
+        return "missing value (empty or NaN)"
+    if kind == "numerical":
+        if math.isinf(v):
+            return f"non-finite value {v}"
+        if abs(v) > _FLOAT32_MAX:
+            return f"value {v} overflows float32"
+    elif kind == "categorical":
+        if math.isinf(v):
+            return f"non-finite value {v} in a categorical column"
+        if not v.is_integer():
+            return f"non-integer value {v} in a categorical column"
+        if v < 0:
+            return f"negative categorical id {_fmt(v)}"
+    elif v not in (0.0, 1.0):
+        return f"label must be 0 or 1, got {_fmt(v)}"
+    return None
+
+
 def _check_cell(kind: str, text: str) -> tuple[str | None, float]:
-    """Classify one cell exactly like the vectorized path would. Returns (problem, value)."""
+    """Classify one CSV cell exactly like the vectorized path would: (problem, value)."""
     if text in _NULL_SET:
         return "missing value (empty or NaN)", math.nan
     try:
         v = float(text)
     except ValueError:
         return f"non-numeric value {text!r}", math.nan
-    if math.isnan(v):
-        return "missing value (empty or NaN)", v
-    if kind == "numerical":
-        if math.isinf(v):
-            return f"non-finite value {text}", v
-        if abs(v) > _FLOAT32_MAX:
-            return f"value {text} overflows float32", v
-    elif kind == "categorical":
-        if math.isinf(v):
-            return f"non-finite value {text} in a categorical column", v
-        if not v.is_integer():
-            return f"non-integer value {text} in a categorical column", v
-        if v < 0:
-            return f"negative categorical id {_fmt(v)}", v
-    elif v not in (0.0, 1.0):
-        return f"label must be 0 or 1, got {text}", v
-    return None, v
+    return _value_problem(kind, v), v
 
 
 def _diagnose_rows(
@@ -513,11 +489,18 @@ def _load_parquet(path: Path, plan: _Plan) -> ScenarioData:
     positions = _check_columns(path, plan, names)
     sink = _Sink(plan, pf.metadata.num_rows, path, positions)
     required = list(plan.required)
-    for batch in pf.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=required):
-        cols = {
-            name: _numeric_column(path, name, batch.column(name), sink.n + 1) for name in required
-        }
-        sink.add(cols, batch.num_rows)
+    # Row group by row group: ``iter_batches`` reads far ahead (the whole file in pyarrow 26),
+    # while one row group at a time bounds memory to one group (ours are 65,536 rows).
+    for group in range(pf.num_row_groups):
+        table = pf.read_row_group(group, columns=required)
+        for batch in table.to_batches(max_chunksize=_PARQUET_BATCH_ROWS):
+            cols = {
+                name: _numeric_column(path, name, batch.column(name), sink.n + 1)
+                for name in required
+            }
+            sink.add(cols, batch.num_rows)
+        del table
+    pa.default_memory_pool().release_unused()
     return sink.result()
 
 

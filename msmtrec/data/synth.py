@@ -41,7 +41,7 @@ __all__ = ["SynthConfig", "SynthScenario", "generate", "synthesize"]
 GENERATOR_VERSION = 1
 _LATENT_DIM = 8
 _PAGE_SIZE = 20  # impressions per search page: search_id = page number
-_REF_ROWS = 20_000
+_REF_ROWS = 10_000  # reference sample that standardizes every score function
 # Variance shares of the score-function parts: main categorical effects, linear numericals,
 # nonlinear numericals, pairwise interactions.
 _GROUP_SHARES = np.array([0.40, 0.25, 0.12, 0.23])
