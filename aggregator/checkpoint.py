@@ -1,0 +1,175 @@
+"""Atomic, verified checkpoints of the aggregator's whole state, one file per completed round.
+
+Why it is built this way (DESIGN.md, "No resume"):
+
+* **Atomic.** A checkpoint is written to a temporary file, fsynced, renamed over its final
+  name with ``os.replace`` and the directory fsynced. A crash leaves the old set of files or
+  the new one, never half a file under a final name.
+* **Verified, with fallback.** The file's metadata records a sha256 of its tensors and JSON
+  state; loading recomputes it. A corrupted or truncated latest checkpoint is skipped with a
+  warning and the previous good one is used, so the last ``keep`` rounds are the safety net.
+* **One file, no pickle.** safetensors holds the tensors; the JSON state (strategy metadata,
+  round number, round history, federation spec) travels in its string metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from msmtrec.codec import canonical_json, tensors_digest
+
+log = logging.getLogger(__name__)
+
+FORMAT = "msmtrec-aggregator-checkpoint/1"
+_NAME = re.compile(r"^checkpoint-(\d{6,})\.safetensors$")
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    path: Path
+    digest: str
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old content or the new, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _independent(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share storage (views of one stacked tensor): clone
+    those, and only those."""
+    seen: dict[int, int] = {}
+    for t in tensors.values():
+        ptr = t.untyped_storage().data_ptr()
+        seen[ptr] = seen.get(ptr, 0) + 1
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach().contiguous()
+        shared = seen[t.untyped_storage().data_ptr()] > 1
+        if shared or t.untyped_storage().nbytes() != t.nbytes:
+            t = t.clone()
+        out[name] = t
+    return out
+
+
+class CheckpointStore:
+    """``<dir>/checkpoint-<round>.safetensors``, newest ``keep`` retained."""
+
+    def __init__(self, directory: Path, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError("keep must be >= 1")
+        self.dir = Path(directory)
+        self.keep = keep
+
+    def path_for(self, round_number: int) -> Path:
+        return self.dir / f"checkpoint-{round_number:06d}.safetensors"
+
+    def rounds(self) -> list[int]:
+        if not self.dir.is_dir():
+            return []
+        found = (_NAME.match(p.name) for p in self.dir.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def save(
+        self, round_number: int, tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any]
+    ) -> Checkpoint:
+        tensors = _independent(tensors)
+        state = dict(state)
+        digest = tensors_digest(tensors, state)
+        metadata = {
+            "format": FORMAT,
+            "round": str(round_number),
+            "state": canonical_json(state),
+            "digest": digest,
+            "written_at": f"{time.time():.3f}",
+        }
+        final = self.path_for(round_number)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            fsync_dir(self.dir)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        self._prune()
+        return Checkpoint(round_number, tensors, state, final, digest)
+
+    def _prune(self) -> None:
+        for r in self.rounds()[: -self.keep]:
+            with contextlib.suppress(FileNotFoundError):
+                self.path_for(r).unlink()
+
+    def read(self, path: Path) -> Checkpoint:
+        """Load and verify one checkpoint; raises ValueError if it is unreadable or altered."""
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            tensors = load_file(str(path))
+        except Exception as exc:  # safetensors raises several types for damaged files
+            raise ValueError(f"{path}: unreadable checkpoint ({exc})") from exc
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"{path}: not an aggregator checkpoint ({metadata.get('format')})")
+        try:
+            state = json.loads(metadata["state"])
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: checkpoint state is not valid JSON") from exc
+        digest = tensors_digest(tensors, state)
+        if digest != metadata.get("digest"):
+            raise ValueError(f"{path}: checksum mismatch (file altered or corrupted)")
+        return Checkpoint(int(metadata["round"]), tensors, state, path, digest)
+
+    def load_latest(self) -> Checkpoint | None:
+        """The newest checkpoint that verifies; corrupted newer ones are skipped loudly."""
+        for r in reversed(self.rounds()):
+            path = self.path_for(r)
+            try:
+                ckpt = self.read(path)
+            except ValueError as exc:
+                log.warning("skipping checkpoint: %s; falling back to the previous one", exc)
+                continue
+            return ckpt
+        return None

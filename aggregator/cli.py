@@ -1,0 +1,101 @@
+"""``msmtrec aggregator``: run the federation server, or make its dev certificates/tokens.
+
+msmtrec aggregator [--config FILE] [flags]        serve (every flag: --help)
+msmtrec aggregator make-dev-certs --out DIR       CA, server and client certificates
+msmtrec aggregator make-tokens --scenarios ... --out DIR
+msmtrec aggregator settings-table                 the Markdown table of every knob
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+CONFIG_ENV = "MSMTREC_AGGREGATOR_CONFIG"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from aggregator.settings import AggregatorSettings
+    from msmtrec.settings import add_settings_arguments
+
+    p = sub.add_parser(
+        "aggregator",
+        help="run the federation server (gRPC rounds + REST status API)",
+        description="Runs synchronous federated rounds over gRPC with the same Strategy as "
+        "`msmtrec simulate`, checkpoints after every round and resumes on restart. Status "
+        "at http://STATUS_HOST:STATUS_PORT/v1/status. Settings: flag > env > --config file "
+        "> default (docs/FEDERATION.md).",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get(CONFIG_ENV),
+        help=f"YAML/TOML/JSON settings file (env {CONFIG_ENV})",
+    )
+    add_settings_arguments(p, AggregatorSettings)
+    p.set_defaults(func=run_serve)
+    tools = p.add_subparsers(dest="aggregator_command", metavar="TOOL")
+
+    certs = tools.add_parser("make-dev-certs", help="development CA, server and client certs")
+    certs.add_argument("--out", type=Path, required=True)
+    certs.add_argument("--clients", nargs="*", default=[], help="client certificate names")
+    certs.add_argument(
+        "--hosts",
+        nargs="+",
+        default=["127.0.0.1", "localhost", "::1"],
+        help="server certificate subject alternative names",
+    )
+    certs.add_argument("--days", type=int, default=30)
+    certs.set_defaults(func=run_make_certs)
+
+    tokens = tools.add_parser("make-tokens", help="random per-scenario bearer tokens")
+    tokens.add_argument("--scenarios", nargs="+", required=True)
+    tokens.add_argument("--out", type=Path, required=True)
+    tokens.set_defaults(func=run_make_tokens)
+
+    table = tools.add_parser("settings-table", help="print the Markdown settings table")
+    table.set_defaults(func=run_settings_table)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from aggregator.server import EXIT_CONFIG, serve
+    from aggregator.settings import AggregatorSettings
+    from msmtrec.settings import load_settings, overrides_from_args
+
+    try:
+        settings = load_settings(AggregatorSettings, args.config, overrides_from_args(args))
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"msmtrec aggregator: invalid settings: {exc}")
+        return EXIT_CONFIG
+    return serve(settings)
+
+
+def run_make_certs(args: argparse.Namespace) -> int:
+    from aggregator.certs import make_dev_certs
+
+    paths = make_dev_certs(args.out, args.clients, args.hosts, args.days)
+    for name, path in paths.items():
+        print(f"{name:24s} {path}")
+    print("development certificates only: use your PKI in production")
+    return 0
+
+
+def run_make_tokens(args: argparse.Namespace) -> int:
+    from aggregator.auth import make_tokens
+
+    paths = make_tokens(args.scenarios, args.out)
+    print(f"aggregator tokens file: {paths.pop('tokens')}")
+    for scenario, path in paths.items():
+        print(f"client token of {scenario}: {path}")
+    return 0
+
+
+def run_settings_table(args: argparse.Namespace) -> int:
+    from aggregator.settings import AggregatorSettings
+    from msmtrec.settings import settings_table
+
+    print(settings_table(AggregatorSettings), end="")
+    return 0

@@ -1,0 +1,242 @@
+"""The aggregator process: federation + gRPC server + status API + controller thread.
+
+Start-up refuses unsafe or inconsistent settings with one clear line (no tokens without
+``--insecure-dev``, a TLS key without a certificate, a checkpoint from other settings). The
+controller thread advances the round state machine; SIGTERM/SIGINT stop the process
+gracefully (health NOT_SERVING, in-flight calls get a grace period). A checkpoint that cannot
+be written stops the process with exit code 3, so an orchestrator restarts it from the last
+durable round rather than letting it run on with state it could lose.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from aggregator.auth import TokenTable, check_scenario_name, load_tokens
+from aggregator.checkpoint import CheckpointStore
+from aggregator.federation import CheckpointFailure, Federation
+from aggregator.metrics import FederationMetrics
+from aggregator.service import FederationServicer
+from aggregator.settings import AggregatorSettings
+from aggregator.status_api import StatusServer, create_app
+from msmtrec_proto import wire
+from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+
+log = logging.getLogger("aggregator")
+
+EXIT_CONFIG = 2
+EXIT_CHECKPOINT = 3
+
+
+class ConfigError(ValueError):
+    """Settings that cannot run; the message says what to change."""
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+
+
+def resolve_scenarios(settings: AggregatorSettings, tokens: TokenTable) -> list[str]:
+    if settings.scenarios:
+        scenarios = sorted(set(settings.scenarios))
+        for s in scenarios:
+            check_scenario_name(s)
+        if tokens:
+            missing = sorted(set(scenarios) - set(tokens.scenarios))
+            if missing:
+                raise ConfigError(f"no token for scenarios {missing}; add them to the tokens")
+        return scenarios
+    if tokens:
+        return tokens.scenarios
+    raise ConfigError("with --insecure-dev and no tokens, list the scenarios with --scenarios")
+
+
+def server_credentials(settings: AggregatorSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None and settings.tls_key is None:
+        if settings.tls_client_ca is not None:
+            raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ConfigError("TLS needs both --tls-cert and --tls-key")
+    key, cert = Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes()
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+@dataclass
+class Running:
+    federation: Federation
+    grpc_server: grpc.Server
+    health: health.HealthServicer
+    status: StatusServer | None
+    port: int
+    status_port: int | None
+
+
+def build_federation(
+    settings: AggregatorSettings, metrics: FederationMetrics | None = None
+) -> tuple[Federation, TokenTable]:
+    tokens = load_tokens(settings.tokens_file, settings.tokens)
+    if not tokens and not settings.insecure_dev:
+        raise ConfigError(
+            "no tokens: give --tokens-file (or MSMTREC_AGGREGATOR_TOKENS), or --insecure-dev "
+            "for a development run without authentication"
+        )
+    scenarios = resolve_scenarios(settings, tokens)
+    state_dir = Path(settings.state_dir)
+    federation = Federation(
+        settings.spec(),
+        scenarios,
+        CheckpointStore(state_dir / "checkpoints", settings.keep_checkpoints),
+        min_clients=settings.min_clients,
+        start_wait=settings.start_wait_seconds,
+        deadline=settings.round_deadline_seconds,
+        heartbeat_interval=settings.heartbeat_interval_seconds,
+        heartbeat_patience=settings.heartbeat_patience,
+        max_poll=settings.max_poll_seconds,
+        chunk_bytes=settings.chunk_bytes,
+        max_payload_bytes=settings.max_payload_bytes,
+        history_path=state_dir / "history.json",
+        hooks=metrics,
+    )
+    return federation, tokens
+
+
+def start(settings: AggregatorSettings) -> Running:
+    """Build and start everything; raises ConfigError for settings that cannot run."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    metrics = FederationMetrics()
+    federation, tokens = build_federation(settings, metrics)
+    metrics.bind(federation)
+    if not tokens:
+        log.warning(
+            "!!! INSECURE DEV MODE: no bearer tokens; any caller can act as any scenario. "
+            "Never expose this aggregator beyond a development machine. !!!"
+        )
+    credentials = server_credentials(settings)
+    max_message = settings.chunk_bytes + wire.MESSAGE_SLACK
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", max_message),
+            ("grpc.max_send_message_length", max_message),
+            ("grpc.so_reuseport", 0),  # a second aggregator on the same port must fail
+        ],
+    )
+    pb_grpc.add_FederationServicer_to_server(
+        FederationServicer(federation, tokens, metrics), server
+    )
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (wire.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{settings.host}:{settings.port}"
+    try:
+        port = (
+            server.add_secure_port(address, credentials)
+            if credentials is not None
+            else server.add_insecure_port(address)
+        )
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:
+        raise ConfigError(f"cannot listen on {address} (port in use?)")
+    server.start()
+    status = None
+    status_port = None
+    if settings.status_port:
+        app = create_app(federation, metrics, ready=lambda: True)
+        status = StatusServer(app, settings.status_host, settings.status_port)
+        try:
+            status.start()
+        except RuntimeError as exc:
+            server.stop(0)
+            raise ConfigError(str(exc)) from exc
+        status_port = settings.status_port
+    for service in ("", wire.SERVICE):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return Running(federation, server, health_servicer, status, port, status_port)
+
+
+def serve(settings: AggregatorSettings) -> int:
+    """Run until finished (with exit_when_done) or stopped by a signal."""
+    configure_logging(settings.log_level)
+    try:
+        running = start(settings)
+    except (ConfigError, ValueError, OSError) as exc:
+        log.error("cannot start the aggregator: %s", exc)
+        return EXIT_CONFIG
+    fed = running.federation
+    tls = "TLS" if settings.tls_cert else "plaintext"
+    if settings.tls_client_ca:
+        tls += " + client certificates"
+    log.info(
+        "aggregator %s listening on %s:%d (%s); status API %s; state in %s; %s",
+        fed.spec.method,
+        settings.host,
+        running.port,
+        tls,
+        f"http://{settings.status_host}:{running.status_port}"
+        if running.status_port
+        else "disabled",
+        settings.state_dir,
+        f"resumed after round {fed.resumed_from}" if fed.resumed_from is not None else "fresh",
+    )
+    log.info("%s", fed.status().message)
+    stop = threading.Event()
+    exit_code = [0]
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received signal %d, stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def control() -> None:
+        while not stop.is_set():
+            try:
+                fed.tick()
+            except CheckpointFailure as exc:
+                log.critical("%s; stopping so that a restart resumes from the last one", exc)
+                exit_code[0] = EXIT_CHECKPOINT
+                stop.set()
+                return
+            except Exception:
+                log.exception("controller error (continuing)")
+            if settings.exit_when_done and fed.done():
+                log.info("finished and every client reported; exiting")
+                stop.set()
+                return
+            stop.wait(0.1)
+
+    controller = threading.Thread(target=control, name="controller", daemon=True)
+    controller.start()
+    while not stop.wait(0.5):
+        pass
+    running.health.enter_graceful_shutdown()
+    running.grpc_server.stop(settings.shutdown_grace_seconds).wait()
+    if running.status is not None:
+        running.status.stop()
+    controller.join(timeout=5)
+    log.info("aggregator stopped")
+    return exit_code[0]

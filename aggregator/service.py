@@ -1,0 +1,238 @@
+"""The gRPC servicer: authentication, message ⇄ core type conversion, refusals → statuses.
+
+Every call is authenticated from its ``authorization: Bearer`` metadata *before* any request
+data is read; the scenario a call names must be the token's own (else PERMISSION_DENIED).
+Submissions are checked header-first (manifest against the signature and the size limit),
+then streamed into a buffer of the declared size, then decoded and checked for finite
+values, and only then handed to the federation. Each refusal carries its reason in the
+trailing metadata key ``msmtrec-reason`` and is counted in the metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from aggregator.auth import TokenTable, bearer_token, check_scenario_name
+from aggregator.errors import REASON_KEY, Refusal, invalid
+from aggregator.federation import Federation, Hooks, NoHooks, Status
+from aggregator.rounds import Phase
+from msmtrec import __version__
+from msmtrec.codec import Assembler, CodecError
+from msmtrec_proto import wire
+from msmtrec_proto.federation.v1 import federation_pb2 as pb
+from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+
+log = logging.getLogger("aggregator.service")
+
+PHASES = {
+    Phase.WAITING: pb.PHASE_WAITING_FOR_CLIENTS,
+    Phase.OPEN: pb.PHASE_OPEN,
+    Phase.AGGREGATING: pb.PHASE_AGGREGATING,
+    Phase.FINISHED: pb.PHASE_FINISHED,
+}
+
+
+def status_to_proto(st: Status) -> pb.RoundStatus:
+    return pb.RoundStatus(
+        phase=PHASES[st.phase],
+        round=st.round,
+        completed_rounds=st.completed_rounds,
+        total_rounds=st.total_rounds,
+        deadline_unix=st.deadline_unix or 0.0,
+        joined=st.joined,
+        live=st.live,
+        submitted=st.submitted,
+        min_clients=st.min_clients,
+        message=st.message,
+        you_are_joined=st.you_are_joined,
+        you_submitted=st.you_submitted,
+    )
+
+
+def _refuse(context: grpc.ServicerContext, hooks: Hooks, rpc: str, refusal: Refusal) -> None:
+    hooks.rejected(rpc, refusal.reason)
+    log.info("%s refused (%s, %s): %s", rpc, refusal.code, refusal.reason, refusal.message)
+    context.set_trailing_metadata(((REASON_KEY, refusal.reason),))
+    context.abort(getattr(grpc.StatusCode, refusal.code), refusal.message)
+
+
+def unary(rpc: str) -> Callable:
+    """Turn a Refusal raised by a unary handler into its status."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def handler(self: FederationServicer, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return fn(self, request, context)
+            except Refusal as refusal:
+                _refuse(context, self.hooks, rpc, refusal)
+
+        return handler
+
+    return wrap
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    def __init__(
+        self, federation: Federation, tokens: TokenTable | None, hooks: Hooks | None = None
+    ) -> None:
+        self.fed = federation
+        self.tokens = tokens if tokens else None
+        self.hooks: Hooks = hooks or NoHooks()
+
+    # ------------------------------------------------------------------------- identity
+    def _authenticate(self, context: grpc.ServicerContext) -> str | None:
+        """The scenario the caller's token belongs to (None when running without tokens)."""
+        if self.tokens is None:
+            return None
+        token = bearer_token(context.invocation_metadata())
+        if token is None:
+            raise Refusal(
+                "UNAUTHENTICATED", "no-token", "missing 'authorization: Bearer <token>' metadata"
+            )
+        owner = self.tokens.identify(token)
+        if owner is None:
+            raise Refusal("UNAUTHENTICATED", "bad-token", "invalid bearer token")
+        return owner
+
+    def _bind(self, owner: str | None, claimed: str) -> str:
+        try:
+            check_scenario_name(claimed)
+        except ValueError as exc:
+            raise invalid("bad-scenario", str(exc)) from exc
+        if owner is not None and claimed != owner:
+            raise Refusal(
+                "PERMISSION_DENIED",
+                "wrong-scenario",
+                f"this token is bound to scenario {owner}; it cannot act as {claimed}",
+            )
+        self.fed.check_scenario(claimed)
+        return claimed
+
+    def _identify(self, context: grpc.ServicerContext, claimed: str) -> str:
+        return self._bind(self._authenticate(context), claimed)
+
+    # ---------------------------------------------------------------------------- unary
+    @unary("GetConfig")
+    def GetConfig(self, request: pb.GetConfigRequest, context: grpc.ServicerContext):
+        self._identify(context, request.scenario)
+        cfg = self.fed.config()
+        return pb.GetConfigResponse(
+            protocol=wire.PROTOCOL,
+            spec_json=cfg["spec_json"],
+            spec_digest=cfg["spec_digest"],
+            heartbeat_interval_ms=int(cfg["heartbeat_interval"] * 1000),
+            chunk_bytes=cfg["chunk_bytes"],
+            max_payload_bytes=cfg["max_payload_bytes"],
+        )
+
+    @unary("Join")
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext):
+        scenario = self._identify(context, request.scenario)
+        session, status = self.fed.join(
+            scenario,
+            request.spec_digest,
+            wire.specs_from_proto(request.signature),
+            int(request.num_train_samples),
+        )
+        return pb.JoinResponse(
+            client_id=scenario, session_id=session, status=status_to_proto(status)
+        )
+
+    @unary("Heartbeat")
+    def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.ServicerContext):
+        scenario = self._identify(context, request.scenario)
+        wait = request.wait_ms / 1000.0
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait = max(0.0, min(wait, remaining - 0.5))
+        status = self.fed.heartbeat(scenario, wait, int(request.after_round))
+        return status_to_proto(status)
+
+    @unary("ReportMetrics")
+    def ReportMetrics(self, request: pb.ReportMetricsRequest, context: grpc.ServicerContext):
+        scenario = self._identify(context, request.scenario)
+        self.fed.report_metrics(
+            scenario,
+            int(request.round),
+            wire.split_metrics_from_proto(request.splits),
+            dict(request.timings),
+        )
+        return pb.ReportMetricsResponse(recorded=True)
+
+    # ------------------------------------------------------------------------ streaming
+    def Download(
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadChunk]:
+        try:
+            scenario = self._identify(context, request.scenario)
+            payload = self.fed.payload(scenario, int(request.round))
+        except Refusal as refusal:
+            _refuse(context, self.hooks, "Download", refusal)
+            return
+        start = time.perf_counter()
+        sent = 0
+        for message in wire.download_stream(
+            payload.encoded,
+            self.fed.chunk_bytes,
+            round_number=payload.round,
+            completed=payload.completed_rounds,
+            final=payload.final,
+        ):
+            sent += message.ByteSize()
+            yield message
+        self.fed.record_download(scenario, payload, sent, time.perf_counter() - start)
+
+    def Submit(
+        self, request_iterator: Iterator[pb.SubmitChunk], context: grpc.ServicerContext
+    ) -> pb.SubmitResponse:
+        try:
+            owner = self._authenticate(context)
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("kind") != "header":
+                raise invalid("no-header", "the first message of a submission must be a header")
+            header = first.header
+            scenario = self._bind(owner, header.scenario)
+            ticket = self.fed.begin_submission(
+                scenario,
+                int(header.round),
+                int(header.num_samples),
+                dict(header.metrics),
+                wire.specs_from_proto(header.manifest.tensors),
+                int(header.manifest.total_bytes),
+            )
+            assembler = Assembler(ticket.total_bytes)
+            received = first.ByteSize()
+            for message in request_iterator:
+                if message.WhichOneof("kind") != "data":
+                    raise invalid("bad-stream", "a submission has one header, then data chunks")
+                try:
+                    assembler.feed(message.data)
+                except CodecError as exc:
+                    raise invalid("stream-overflow", str(exc)) from exc
+                received += message.ByteSize()
+            try:
+                buffer = assembler.finish()
+            except CodecError as exc:
+                raise invalid("stream-truncated", str(exc)) from exc
+            result = self.fed.complete_submission(ticket, buffer, received)
+        except Refusal as refusal:
+            _refuse(context, self.hooks, "Submit", refusal)
+            raise AssertionError("unreachable") from None
+        return pb.SubmitResponse(
+            accepted=True,
+            duplicate=result.duplicate,
+            round=ticket.round,
+            payload_sha256=result.digest,
+            status=status_to_proto(result.status),
+        )
+
+
+def client_version() -> str:
+    return f"msmtrec/{__version__}"

@@ -1,0 +1,161 @@
+"""Every knob of ``msmtrec aggregator``: one model, read from flags, env and a config file.
+
+Defaults favour a safe local run: bind to loopback, refuse to start without tokens unless
+``insecure_dev``, checkpoint after every round. docs/FEDERATION.md holds the generated table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from msmtrec.federation.config import METHODS
+from msmtrec.federation.spec import FederationSpec
+from msmtrec.model.config import PRESETS
+from msmtrec.settings import NO_CLI, ServiceSettings
+from msmtrec.training.trainer import TrainConfig
+
+MiB = 1 << 20
+
+
+class AggregatorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="MSMTREC_AGGREGATOR_", extra="forbid")
+    section = "aggregator"
+
+    # ------------------------------------------------------------------------- network
+    host: str = Field("127.0.0.1", description="gRPC bind address (0.0.0.0 in containers)")
+    port: int = Field(50051, description="gRPC port")
+    status_host: str = Field("127.0.0.1", description="REST status API bind address")
+    status_port: int = Field(8080, description="REST status API port (0: disabled)")
+    max_workers: int = Field(32, description="gRPC worker threads (long polls hold one each)")
+
+    # ------------------------------------------------------------- experiment protocol
+    method: str = Field("pfmsmtrec", description=f"federation method: {', '.join(METHODS)}")
+    preset: str = Field("small", description=f"model preset: {', '.join(sorted(PRESETS))}")
+    seed: int = Field(0, description="seed of the initial model and of every local round")
+    rounds: int = Field(10, description="rounds to run (may be raised on a restart)")
+    valid_fraction: float = Field(0.1, description="tail of train each client holds out")
+    local_epochs: int = Field(TrainConfig.local_epochs, description="local epochs per round")
+    lr: float = Field(TrainConfig.lr, description="client Adam learning rate")
+    weight_decay: float = Field(TrainConfig.weight_decay, description="client weight decay")
+    batch_size: int = Field(TrainConfig.batch_size, description="client batch size")
+    template: Literal["additive3", "two_part", "none"] | None = Field(
+        None, description="override the method's parameter template"
+    )
+    ctcvr_head: Literal["direct", "esmm"] | None = Field(None, description="CTCVR head")
+    mu: float | None = Field(None, description="regularizer weight μ (method default)")
+    conflict: Literal["ca", "pcgrad", "none"] | None = Field(
+        None, description="conflict coordination of expert updates (method default)"
+    )
+    ca_alpha: float | None = Field(None, description="conflict-averse α (method default)")
+    ca_rescale: Literal["alpha", "alpha_sq", "none"] | None = Field(
+        None, description="rescaling of the conflict-averse update (method default)"
+    )
+
+    # ----------------------------------------------------------------------- rounds
+    scenarios: list[str] | None = Field(
+        None, description="scenarios of the federation (default: the token table's)"
+    )
+    min_clients: int = Field(2, description="submissions a round needs to close at its deadline")
+    start_wait_seconds: float = Field(
+        30.0,
+        description="once min_clients joined, how long round 1 waits for the other scenarios",
+    )
+    round_deadline_seconds: float = Field(
+        600.0,
+        description="a round closes when every live client submitted, or at this deadline "
+        "with at least min_clients submissions (else it is extended and says why)",
+    )
+    heartbeat_interval_seconds: float = Field(5.0, description="client heartbeat interval")
+    heartbeat_patience: int = Field(
+        3, description="missed heartbeats before a client counts as lost (not waited for)"
+    )
+    max_poll_seconds: float = Field(30.0, description="longest a status long-poll is held")
+
+    # ----------------------------------------------------------------------- limits
+    chunk_bytes: int = Field(MiB, description="bytes per streamed chunk")
+    max_payload_bytes: int = Field(
+        512 * MiB, description="largest payload a submission may declare"
+    )
+
+    # ---------------------------------------------------------------------- storage
+    state_dir: Path = Field(
+        Path("runs/aggregator"), description="checkpoints and round history (resumed on start)"
+    )
+    keep_checkpoints: int = Field(3, description="checkpoints kept (older ones are pruned)")
+
+    # --------------------------------------------------------------------- security
+    tokens_file: Path | None = Field(None, description="YAML/JSON mapping scenario → bearer token")
+    tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="scenario → token as JSON (env/config only, never a flag)",
+        json_schema_extra=NO_CLI,
+    )
+    insecure_dev: bool = Field(
+        False, description="allow running without tokens (development only; logs a warning)"
+    )
+    tls_cert: Path | None = Field(None, description="server certificate (PEM); enables TLS")
+    tls_key: Path | None = Field(None, description="server private key (PEM)")
+    tls_client_ca: Path | None = Field(
+        None, description="CA for client certificates; enables mutual TLS (required certs)"
+    )
+
+    # ------------------------------------------------------------------------ misc
+    exit_when_done: bool = Field(
+        False,
+        description="exit once finished and every live client reported its final metrics "
+        "(default: keep serving status until stopped)",
+    )
+    shutdown_grace_seconds: float = Field(5.0, description="grace for in-flight calls on stop")
+    threads: int | None = Field(None, description="torch intra-op threads for aggregation")
+    log_level: str = Field("INFO", description="logging level")
+
+    @field_validator("min_clients", "rounds", "chunk_bytes", "heartbeat_patience")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("round_deadline_seconds", "heartbeat_interval_seconds", "max_poll_seconds")
+    @classmethod
+    def _positive_seconds(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0")
+        return v
+
+    def spec(self) -> FederationSpec:
+        model_overrides = {
+            k: v
+            for k, v in {"template": self.template, "ctcvr_head": self.ctcvr_head}.items()
+            if v is not None
+        }
+        fed_overrides = {
+            k: v
+            for k, v in {
+                "mu": self.mu,
+                "conflict": self.conflict,
+                "ca_alpha": self.ca_alpha,
+                "ca_rescale": self.ca_rescale,
+                "template": self.template,
+            }.items()
+            if v is not None
+        }
+        return FederationSpec(
+            method=self.method,
+            preset=self.preset,
+            seed=self.seed,
+            rounds=self.rounds,
+            valid_fraction=self.valid_fraction,
+            train=TrainConfig(
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                batch_size=self.batch_size,
+                local_epochs=self.local_epochs,
+            ),
+            model_overrides=model_overrides,
+            federation_overrides=fed_overrides,
+        )

@@ -1,0 +1,69 @@
+"""``msmtrec client``: one scenario's federated client.
+
+    msmtrec client --scenario NL --data DIR --aggregator HOST:PORT --token-file F \\
+        [--ca-cert CA] [--client-cert C --client-key K] [--state-dir DIR] [--registry DIR]
+
+Settings: flag > env (MSMTREC_CLIENT_*) > --config file (section ``client:``) > default.
+Exit code 0 when the federation finished and the final model was evaluated, 1 when the
+aggregator refused the client or stayed unreachable, 2 for invalid settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+CONFIG_ENV = "MSMTREC_CLIENT_CONFIG"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from msmtrec.settings import add_settings_arguments
+    from scenario_client.settings import ClientSettings
+
+    p = sub.add_parser(
+        "client",
+        help="run one scenario's federated client (train locally, exchange with the aggregator)",
+        description="Loads only <data>/<scenario>/, joins the aggregator, trains each round "
+        "locally, submits its shared parameters, receives its personalized ones, evaluates "
+        "them and survives aggregator restarts. Settings: flag > env > --config > default.",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get(CONFIG_ENV),
+        help=f"YAML/TOML/JSON settings file (env {CONFIG_ENV})",
+    )
+    add_settings_arguments(p, ClientSettings)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from pydantic import ValidationError
+
+    from msmtrec.settings import load_settings, overrides_from_args
+    from scenario_client.connection import ClientError
+    from scenario_client.runner import ScenarioClient
+    from scenario_client.settings import ClientSettings
+
+    try:
+        settings = load_settings(ClientSettings, args.config, overrides_from_args(args))
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"msmtrec client: invalid settings: {exc}")
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    try:
+        client = ScenarioClient(settings)
+    except (ClientError, OSError) as exc:
+        logging.getLogger("scenario_client").error("%s: %s", settings.scenario, exc)
+        return 2
+    return client.run()

@@ -1,0 +1,83 @@
+"""Every knob of ``msmtrec client``: one model, read from flags, env and a config file.
+
+The experiment protocol (model preset, method, seed, local training settings, validation
+hold-out) is not here: the aggregator hands it out, so every scenario trains the way the
+federation (and ``msmtrec simulate``) does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from msmtrec.settings import NO_CLI, ServiceSettings
+
+
+class ClientSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="MSMTREC_CLIENT_", extra="forbid")
+    section = "client"
+
+    scenario: str = Field(description="this client's scenario (its token must match)")
+    data: Path = Field(description="data directory; only <data>/<scenario>/ is read")
+    aggregator: str = Field("127.0.0.1:50051", description="aggregator HOST:PORT")
+
+    token_file: Path | None = Field(None, description="file holding this scenario's token")
+    token: SecretStr | None = Field(
+        None, description="the token itself (env/config only, never a flag)",
+        json_schema_extra=NO_CLI,
+    )  # fmt: skip
+    insecure: bool = Field(
+        False, description="send no token (only for an aggregator run with --insecure-dev)"
+    )
+    ca_cert: Path | None = Field(None, description="CA certificate (PEM); enables TLS")
+    client_cert: Path | None = Field(None, description="client certificate for mutual TLS")
+    client_key: Path | None = Field(None, description="client private key for mutual TLS")
+    tls_server_name: str | None = Field(
+        None, description="name to verify the server certificate against (default: host)"
+    )
+
+    state_dir: Path | None = Field(
+        None, description="local state, resumed on restart (default runs/client/<scenario>)"
+    )
+    registry: Path | None = Field(
+        None, description="model registry directory to publish to after every round"
+    )
+
+    rpc_timeout_seconds: float = Field(30.0, description="deadline of each unary call")
+    transfer_timeout_seconds: float = Field(
+        600.0, description="deadline of each parameter download or upload"
+    )
+    poll_seconds: float = Field(20.0, description="how long one status long-poll may wait")
+    reconnect_timeout_seconds: float = Field(
+        300.0, description="give up when the aggregator stays unreachable this long"
+    )
+    backoff_initial_seconds: float = Field(0.5, description="first retry delay")
+    backoff_max_seconds: float = Field(10.0, description="largest retry delay (with jitter)")
+
+    threads: int | None = Field(None, description="torch intra-op threads")
+    progress: bool = Field(False, description="progress bar during local training")
+    log_level: str = Field("INFO", description="logging level")
+
+    @field_validator(
+        "rpc_timeout_seconds", "transfer_timeout_seconds", "poll_seconds",
+        "reconnect_timeout_seconds", "backoff_initial_seconds", "backoff_max_seconds",
+    )  # fmt: skip
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be > 0")
+        return v
+
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir or Path("runs/client") / self.scenario
+
+    def bearer_token(self) -> str | None:
+        if self.insecure:
+            return None
+        if self.token is not None:
+            return self.token.get_secret_value().strip()
+        if self.token_file is not None:
+            return Path(self.token_file).read_text().strip()
+        return None
