@@ -27,18 +27,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+SETTING_FLAGS = ("registry", "host", "port", "max_batch", "poll_interval", "threads", "workers",
+                 "engine", "schema_file", "log_level")  # fmt: skip
+
+
+def settings_from_args(args: argparse.Namespace):
+    """Flags given on the command line win over MSMTREC_GATEWAY_* variables and defaults."""
+    from gateway.settings import GatewaySettings
+
+    overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
+    return GatewaySettings(**overrides)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.settings import GatewaySettings
 
-    keys = ("registry", "host", "port", "max_batch", "poll_interval", "threads", "workers",
-            "engine", "schema_file", "log_level")  # fmt: skip
-    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    settings = GatewaySettings(**overrides)
+    settings = settings_from_args(args)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -8,9 +8,10 @@ the instances to name the first bad instance and field, e.g.
 ``instances[3].numerical_12: expected a number, got "abc"``.
 
 Rules: every schema feature must be present (extra keys such as ``search_id`` or labels are
-ignored); numbers must be JSON numbers (not strings, booleans or null); categorical ids must be
-non-negative integers (``3.0`` is accepted as 3); ids at or above the vocabulary size map to
-the out-of-vocabulary slot and are counted; numericals must be finite in float32.
+ignored); numbers must be JSON numbers (not strings, booleans or null); categorical ids must
+be non-negative integers below 2**63 (``3.0`` is accepted as 3); ids at or above the
+vocabulary size map to the out-of-vocabulary slot and are counted; numericals must be finite
+in float32.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class FeaturePlan:
             raise
         f = self.num_categorical
         cat = values[:, :f]
-        if not (cat == np.floor(cat)).all() or (cat < 0).any():
+        if not (cat == np.floor(cat)).all() or (cat < 0).any() or (cat >= _INT64_LIMIT).any():
             self._explain(instances)
         with np.errstate(over="ignore"):  # overflow → inf, reported below
             num = values[:, f:].astype(np.float32)
