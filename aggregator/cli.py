@@ -15,6 +15,10 @@ from pathlib import Path
 CONFIG_ENV = "MSMTREC_AGGREGATOR_CONFIG"
 
 
+# gRPC's C core logs handshake failures at INFO to stderr; our own messages say it better.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from aggregator.settings import AggregatorSettings
     from msmtrec.settings import add_settings_arguments

@@ -533,7 +533,8 @@ class Federation:
                 entry["positives"] = int(m.get("positives", 0))
                 clean[split][task] = entry
         with self._cond:
-            self._require_joined(scenario)
+            # No join needed: the token already proves the scenario, and a client whose
+            # aggregator restarted should not lose the evaluation it just made.
             if not 1 <= round_number <= self.machine.completed:
                 raise precondition(
                     "wrong-round",
@@ -545,8 +546,10 @@ class Federation:
                 raise precondition("unknown-round", f"no record of round {round_number}")
             client = record["clients"].setdefault(scenario, {"participated": False})
             client["eval"] = clean
-            if self.machine.phase is Phase.FINISHED and round_number == self.machine.completed:
-                self.machine.clients[scenario].final_reported = True
+            rec = self.machine.clients.get(scenario)
+            finished = self.machine.phase is Phase.FINISHED
+            if rec is not None and finished and round_number == self.machine.completed:
+                rec.final_reported = True
             if clean_timings:
                 client["client_timings"] = {**client.get("client_timings", {}), **clean_timings}
             self._write_history()

@@ -14,7 +14,6 @@ import logging
 import signal
 import threading
 from concurrent import futures
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -80,16 +79,6 @@ def server_credentials(settings: AggregatorSettings) -> grpc.ServerCredentials |
     )
 
 
-@dataclass
-class Running:
-    federation: Federation
-    grpc_server: grpc.Server
-    health: health.HealthServicer
-    status: StatusServer | None
-    port: int
-    status_port: int | None
-
-
 def build_federation(
     settings: AggregatorSettings, metrics: FederationMetrics | None = None
 ) -> tuple[Federation, TokenTable]:
@@ -119,73 +108,120 @@ def build_federation(
     return federation, tokens
 
 
-def start(settings: AggregatorSettings) -> Running:
-    """Build and start everything; raises ConfigError for settings that cannot run."""
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    metrics = FederationMetrics()
-    federation, tokens = build_federation(settings, metrics)
-    metrics.bind(federation)
-    if not tokens:
-        log.warning(
-            "!!! INSECURE DEV MODE: no bearer tokens; any caller can act as any scenario. "
-            "Never expose this aggregator beyond a development machine. !!!"
+class Aggregator:
+    """The running service: gRPC server, status API and controller thread in one object,
+    so the CLI and in-process tests start and stop it the same way."""
+
+    def __init__(self, settings: AggregatorSettings) -> None:
+        """Build everything; raises ConfigError for settings that cannot run."""
+        self.settings = settings
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.metrics = FederationMetrics()
+        self.federation, self.tokens = build_federation(settings, self.metrics)
+        self.metrics.bind(self.federation)
+        self.credentials = server_credentials(settings)
+        self.stop_event = threading.Event()
+        self.exit_code = 0
+        self.port = 0
+        self.grpc_server: grpc.Server | None = None
+        self.health: health.HealthServicer | None = None
+        self.status: StatusServer | None = None
+        self.controller: threading.Thread | None = None
+
+    def start(self) -> Aggregator:
+        settings = self.settings
+        if not self.tokens:
+            log.warning(
+                "!!! INSECURE DEV MODE: no bearer tokens; any caller can act as any scenario. "
+                "Never expose this aggregator beyond a development machine. !!!"
+            )
+        max_message = settings.chunk_bytes + wire.MESSAGE_SLACK
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
+            options=[
+                ("grpc.max_receive_message_length", max_message),
+                ("grpc.max_send_message_length", max_message),
+                ("grpc.so_reuseport", 0),  # a second aggregator on the same port must fail
+            ],
         )
-    credentials = server_credentials(settings)
-    max_message = settings.chunk_bytes + wire.MESSAGE_SLACK
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc"),
-        options=[
-            ("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", max_message),
-            ("grpc.so_reuseport", 0),  # a second aggregator on the same port must fail
-        ],
-    )
-    pb_grpc.add_FederationServicer_to_server(
-        FederationServicer(federation, tokens, metrics), server
-    )
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (wire.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    address = f"{settings.host}:{settings.port}"
-    try:
-        port = (
-            server.add_secure_port(address, credentials)
-            if credentials is not None
-            else server.add_insecure_port(address)
+        pb_grpc.add_FederationServicer_to_server(
+            FederationServicer(self.federation, self.tokens, self.metrics), server
         )
-    except RuntimeError as exc:
-        raise ConfigError(f"cannot listen on {address}: {exc}") from exc
-    if port == 0:
-        raise ConfigError(f"cannot listen on {address} (port in use?)")
-    server.start()
-    status = None
-    status_port = None
-    if settings.status_port:
-        app = create_app(federation, metrics, ready=lambda: True)
-        status = StatusServer(app, settings.status_host, settings.status_port)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (wire.SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"{settings.host}:{settings.port}"
         try:
-            status.start()
+            port = (
+                server.add_secure_port(address, self.credentials)
+                if self.credentials is not None
+                else server.add_insecure_port(address)
+            )
         except RuntimeError as exc:
-            server.stop(0)
-            raise ConfigError(str(exc)) from exc
-        status_port = settings.status_port
-    for service in ("", wire.SERVICE):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return Running(federation, server, health_servicer, status, port, status_port)
+            raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+        if port == 0:
+            raise ConfigError(f"cannot listen on {address} (port in use?)")
+        self.port = port
+        server.start()
+        self.grpc_server = server
+        if settings.status_port:
+            app = create_app(self.federation, self.metrics)
+            self.status = StatusServer(app, settings.status_host, settings.status_port)
+            try:
+                self.status.start()
+            except RuntimeError as exc:
+                server.stop(0)
+                raise ConfigError(str(exc)) from exc
+        for service in ("", wire.SERVICE):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.controller = threading.Thread(target=self._control, name="controller", daemon=True)
+        self.controller.start()
+        return self
+
+    def _control(self) -> None:
+        fed = self.federation
+        while not self.stop_event.is_set():
+            try:
+                fed.tick()
+            except CheckpointFailure as exc:
+                log.critical("%s; stopping so that a restart resumes from the last one", exc)
+                self.exit_code = EXIT_CHECKPOINT
+                self.stop_event.set()
+                return
+            except Exception:
+                log.exception("controller error (continuing)")
+            if self.settings.exit_when_done and fed.done():
+                log.info("finished and every client reported; exiting")
+                self.stop_event.set()
+                return
+            self.stop_event.wait(0.1)
+
+    def stop(self, grace: float | None = None) -> int:
+        self.stop_event.set()
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        if self.health is not None:
+            self.health.enter_graceful_shutdown()
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace).wait()
+        if self.status is not None:
+            self.status.stop()
+        if self.controller is not None:
+            self.controller.join(timeout=5)
+        return self.exit_code
 
 
 def serve(settings: AggregatorSettings) -> int:
     """Run until finished (with exit_when_done) or stopped by a signal."""
     configure_logging(settings.log_level)
     try:
-        running = start(settings)
+        agg = Aggregator(settings).start()
     except (ConfigError, ValueError, OSError) as exc:
         log.error("cannot start the aggregator: %s", exc)
         return EXIT_CONFIG
-    fed = running.federation
+    fed = agg.federation
     tls = "TLS" if settings.tls_cert else "plaintext"
     if settings.tls_client_ca:
         tls += " + client certificates"
@@ -193,50 +229,23 @@ def serve(settings: AggregatorSettings) -> int:
         "aggregator %s listening on %s:%d (%s); status API %s; state in %s; %s",
         fed.spec.method,
         settings.host,
-        running.port,
+        agg.port,
         tls,
-        f"http://{settings.status_host}:{running.status_port}"
-        if running.status_port
+        f"http://{settings.status_host}:{settings.status_port}"
+        if settings.status_port
         else "disabled",
         settings.state_dir,
         f"resumed after round {fed.resumed_from}" if fed.resumed_from is not None else "fresh",
     )
-    log.info("%s", fed.status().message)
-    stop = threading.Event()
-    exit_code = [0]
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("received signal %d, stopping", signum)
-        stop.set()
+        agg.stop_event.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-
-    def control() -> None:
-        while not stop.is_set():
-            try:
-                fed.tick()
-            except CheckpointFailure as exc:
-                log.critical("%s; stopping so that a restart resumes from the last one", exc)
-                exit_code[0] = EXIT_CHECKPOINT
-                stop.set()
-                return
-            except Exception:
-                log.exception("controller error (continuing)")
-            if settings.exit_when_done and fed.done():
-                log.info("finished and every client reported; exiting")
-                stop.set()
-                return
-            stop.wait(0.1)
-
-    controller = threading.Thread(target=control, name="controller", daemon=True)
-    controller.start()
-    while not stop.wait(0.5):
+    while not agg.stop_event.wait(0.5):
         pass
-    running.health.enter_graceful_shutdown()
-    running.grpc_server.stop(settings.shutdown_grace_seconds).wait()
-    if running.status is not None:
-        running.status.stop()
-    controller.join(timeout=5)
+    code = agg.stop()
     log.info("aggregator stopped")
-    return exit_code[0]
+    return code

@@ -18,6 +18,10 @@ from pathlib import Path
 CONFIG_ENV = "MSMTREC_CLIENT_CONFIG"
 
 
+# gRPC's C core logs handshake failures at INFO to stderr; our own messages say it better.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from msmtrec.settings import add_settings_arguments
     from scenario_client.settings import ClientSettings

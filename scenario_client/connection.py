@@ -66,13 +66,16 @@ def _reason(error: grpc.RpcError) -> str:
     return ""
 
 
-def tls_hint(details: str) -> str:
+def tls_hint(details: str, tls: bool) -> str:
+    """A hint for the transport errors that are configuration mistakes, not outages."""
     text = details.lower()
     if any(word in text for word in ("ssl", "handshake", "certificate", "tls")):
         return (
             " — TLS handshake failed: check --ca-cert (and --client-cert/--client-key "
             "for mutual TLS, --tls-server-name if the host differs from the certificate)"
         )
+    if not tls and "socket closed" in text:
+        return " — the connection was closed at once: does the aggregator use TLS (--ca-cert)?"
     return ""
 
 
@@ -86,6 +89,7 @@ class Connection:
         client_cert: Path | None = None,
         client_key: Path | None = None,
         tls_server_name: str | None = None,
+        tls: bool = False,
         rpc_timeout: float = 30.0,
         transfer_timeout: float = 600.0,
         reconnect_timeout: float = 300.0,
@@ -109,7 +113,7 @@ class Connection:
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.enable_retries", 0),
         ]
-        if ca_cert or client_cert:
+        if tls or ca_cert or client_cert:
             if (client_cert is None) != (client_key is None):
                 raise ClientError("mutual TLS needs both --client-cert and --client-key")
             credentials = grpc.ssl_channel_credentials(
@@ -133,6 +137,7 @@ class Connection:
         """Run ``fn`` (one gRPC call), retrying while the aggregator is unreachable."""
         attempt = 0
         first_failure: float | None = None
+        hint = ""  # the most telling hint seen during this outage
         while True:
             try:
                 return fn()
@@ -146,16 +151,17 @@ class Connection:
                     raise Refused(rpc, code, _reason(error), details) from error
                 now = time.monotonic()
                 first_failure = first_failure or now
+                hint = tls_hint(details, self.tls) or hint
                 if now - first_failure >= self.reconnect_timeout:
                     raise ClientError(
                         f"aggregator at {self.target} unreachable for "
-                        f"{now - first_failure:.0f} s ({code.name}: {details}){tls_hint(details)}"
+                        f"{now - first_failure:.0f} s ({code.name}: {details}){hint}"
                     ) from error
                 delay = self.backoff.delay(attempt, self.rng)
                 delay = min(delay, max(0.05, first_failure + self.reconnect_timeout - now))
                 log.warning(
                     "%s: %s (%s); retrying in %.1f s%s",
-                    rpc, code.name, details.splitlines()[0][:200], delay, tls_hint(details),
+                    rpc, code.name, details.splitlines()[0][:200], delay, hint,
                 )  # fmt: skip
                 time.sleep(delay)
                 attempt += 1

@@ -96,6 +96,7 @@ class ScenarioClient:
             client_cert=settings.client_cert,
             client_key=settings.client_key,
             tls_server_name=settings.tls_server_name,
+            tls=settings.tls,
             rpc_timeout=settings.rpc_timeout_seconds,
             transfer_timeout=settings.transfer_timeout_seconds,
             reconnect_timeout=settings.reconnect_timeout_seconds,

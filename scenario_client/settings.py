@@ -31,6 +31,7 @@ class ClientSettings(ServiceSettings):
     insecure: bool = Field(
         False, description="send no token (only for an aggregator run with --insecure-dev)"
     )
+    tls: bool = Field(False, description="use TLS with the system's trusted CAs")
     ca_cert: Path | None = Field(None, description="CA certificate (PEM); enables TLS")
     client_cert: Path | None = Field(None, description="client certificate for mutual TLS")
     client_key: Path | None = Field(None, description="client private key for mutual TLS")

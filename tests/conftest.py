@@ -36,3 +36,15 @@ def make_splits(
 @pytest.fixture(scope="session")
 def small_splits() -> dict[str, ScenarioSplits]:
     return make_splits()
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """Launch ``msmtrec`` subprocesses; every one is stopped when the test ends."""
+    from helpers.processes import ProcessGroup
+
+    group = ProcessGroup(tmp_path / "logs")
+    try:
+        yield group
+    finally:
+        group.stop_all()
