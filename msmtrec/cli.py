@@ -25,6 +25,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scenario_client.cli",
     "gateway.cli",
     "msmtrec.commands.up",
+    "msmtrec.commands.deploy",
+    "msmtrec.commands.healthcheck",
     "msmtrec.commands.bench",
 )
 
