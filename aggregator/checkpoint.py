@@ -29,7 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from msmtrec.codec import canonical_json, tensors_digest
+from msmtrec.codec import canonical_json, tensors_digest, with_meta
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,17 @@ class CheckpointStore:
         return sorted(int(m.group(1)) for m in found if m)
 
     def save(
-        self, round_number: int, tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any]
+        self,
+        round_number: int,
+        tensors: Mapping[str, torch.Tensor],
+        state: Mapping[str, Any],
+        digest_of_tensors: str | None = None,
     ) -> Checkpoint:
-        tensors = _independent(tensors)
+        """``digest_of_tensors`` (:func:`tensors_digest` of ``tensors``) saves hashing them
+        again when the caller already did."""
         state = dict(state)
-        digest = tensors_digest(tensors, state)
+        digest = with_meta(digest_of_tensors or tensors_digest(tensors), state)
+        tensors = _independent(tensors)
         metadata = {
             "format": FORMAT,
             "round": str(round_number),

@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "aggregator",
+        allow_abbrev=False,  # "--tokens" must not silently mean "--tokens-file"
         help="run the federation server (gRPC rounds + REST status API)",
         description="Runs synchronous federated rounds over gRPC with the same Strategy as "
         "`msmtrec simulate`, checkpoints after every round and resumes on restart. Status "

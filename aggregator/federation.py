@@ -47,6 +47,7 @@ from msmtrec.codec import (
     encode,
     signature_of,
     tensors_digest,
+    with_meta,
 )
 from msmtrec.federation.spec import FederationSpec
 from msmtrec.federation.strategy import ClientUpdate, Strategy
@@ -120,6 +121,7 @@ class Submission:
     digest: str
     bytes_in: int
     upload_seconds: float
+    received_at: float = 0.0
 
 
 @dataclass
@@ -491,7 +493,7 @@ class Federation:
                 )
             self._pending[ticket.scenario] = Submission(
                 ticket.scenario, ticket.round, ticket.num_samples, ticket.metrics, params,
-                digest, nbytes, seconds,
+                digest, nbytes, seconds, self.clock(),
             )  # fmt: skip
             self.machine.record_submission(ticket.scenario, digest, self.clock())
             rec = self.machine.clients[ticket.scenario]
@@ -579,12 +581,13 @@ class Federation:
                 extensions = self.machine.extensions
                 lost = [s for s in self.machine.joined() if s not in participants]
                 downloads = copy.deepcopy(self._downloads)
+                closed_at = now
             elif now - self._last_report >= 15.0 and self.machine.phase is not Phase.FINISHED:
                 self._last_report = now
                 log.info("%s", self.machine.message(now))
             self._cond.notify_all()
         if action is Action.CLOSE:
-            self._close(submissions, opened_at, closed_by, extensions, lost, downloads)
+            self._close(submissions, opened_at, closed_at, closed_by, extensions, lost, downloads)
         return action
 
     def _open_round(self, now: float) -> None:
@@ -602,6 +605,7 @@ class Federation:
         self,
         submissions: list[Submission],
         opened_at: float,
+        closed_at: float,
         closed_by: str,
         extensions: int,
         not_submitted: list[str],
@@ -624,14 +628,14 @@ class Federation:
                 self._cond.notify_all()
             return
         aggregation_seconds = time.perf_counter() - start
+        ckpt_start = time.perf_counter()
         tensors, meta = self.strategy.state_dict()
-        strategy_digest = tensors_digest(tensors, meta)
-        closed_at = self.clock()
+        digest_of_tensors = tensors_digest(tensors)
+        strategy_digest = with_meta(digest_of_tensors, meta)
         record = self._record(
             round_number, submissions, opened_at, closed_at, closed_by, extensions,
             not_submitted, downloads, aggregation_seconds, strategy_digest,
         )  # fmt: skip
-        ckpt_start = time.perf_counter()
         state = {
             "strategy": meta,
             "completed_rounds": self.strategy.round,
@@ -639,9 +643,11 @@ class Federation:
             "spec": self.spec.to_dict(),
             "spec_digest": self.spec_digest,
         }
-        self._save_checkpoint(tensors, state)
+        self._save_checkpoint(tensors, state, digest_of_tensors)
         record["checkpoint_seconds"] = round(time.perf_counter() - ckpt_start, 6)
         record["timing"]["checkpoint_seconds"] = record["checkpoint_seconds"]
+        # open → next open: what one round costs end to end
+        record["timing"]["wall_seconds"] = round(self.clock() - opened_at, 6)
         with self._cond:
             self.history.append(record)
             self._strategy_digest = strategy_digest
@@ -659,10 +665,12 @@ class Federation:
         self.hooks.round_closed(record)
         log.info("%s", round_line(record, self.spec.rounds))
 
-    def _save_checkpoint(self, tensors: Mapping[str, torch.Tensor], state: dict) -> None:
+    def _save_checkpoint(
+        self, tensors: Mapping[str, torch.Tensor], state: dict, digest_of_tensors: str
+    ) -> None:
         for attempt in range(3):
             try:
-                self.store.save(self.strategy.round, tensors, state)
+                self.store.save(self.strategy.round, tensors, state, digest_of_tensors)
                 return
             except OSError:
                 log.exception("writing the checkpoint failed (attempt %d of 3)", attempt + 1)
@@ -712,6 +720,19 @@ class Federation:
             clients[s.scenario]["upload_seconds"] + clients[s.scenario]["download_seconds"]
             for s in submissions
         ]
+        # The round's critical path is its last submitter: split its time since the round
+        # opened into download, evaluation of the previous round's model, local training,
+        # upload, and the rest (polling, waiting for the round to open for it, start-up).
+        last = max(submissions, key=lambda s: s.received_at)
+        c = clients[last.scenario]
+        on_path = max(0.0, last.received_at - opened_at)
+        parts = {
+            "download_seconds": c["download_seconds"],
+            "evaluation_seconds": float(last.metrics.get("eval_seconds", 0.0)),
+            "local_training_seconds": float(last.metrics.get("train_seconds", 0.0)),
+            "upload_seconds": c["upload_seconds"],
+        }
+        parts["client_other_seconds"] = max(0.0, on_path - sum(parts.values()))
         return {
             "round": round_number,
             "opened_at": opened_at,
@@ -727,9 +748,12 @@ class Federation:
             "bytes_out": sum(c.get("bytes_out", 0) for c in clients.values()),
             "aggregation_seconds": round(aggregation_seconds, 6),
             "timing": {
+                "critical_client": last.scenario,
+                **{k: round(v, 6) for k, v in parts.items()},
+                "close_latency_seconds": round(max(0.0, closed_at - last.received_at), 6),
+                "aggregation_seconds": round(aggregation_seconds, 6),
                 "local_training_seconds_max": round(max(train, default=0.0), 6),
                 "transfer_seconds_max": round(max(transfer, default=0.0), 6),
-                "aggregation_seconds": round(aggregation_seconds, 6),
             },
             "state_checksum": strategy_digest,
             "clients": clients,
@@ -820,8 +844,10 @@ def round_line(record: Mapping[str, Any], total: int) -> str:
     return (
         f"round {record['round']:>3}/{total} closed ({record['closed_by']}): "
         f"{len(record['participants'])} clients [{' '.join(record['participants'])}]  "
-        f"{record['duration_seconds']:.1f}s (train {t['local_training_seconds_max']:.2f}s, "
-        f"transfer {t['transfer_seconds_max']:.2f}s, aggregate {t['aggregation_seconds']:.2f}s, "
-        f"checkpoint {t.get('checkpoint_seconds', 0.0):.2f}s)  "
+        f"{t.get('wall_seconds', record['duration_seconds']):.2f}s = {t['critical_client']} "
+        f"download {t['download_seconds']:.2f} + eval {t['evaluation_seconds']:.2f} + train "
+        f"{t['local_training_seconds']:.2f} + upload {t['upload_seconds']:.2f} + other "
+        f"{t['client_other_seconds']:.2f} | aggregate {t['aggregation_seconds']:.2f} + "
+        f"checkpoint {t.get('checkpoint_seconds', 0.0):.2f}  "
         f"in {record['bytes_in'] / 1e6:.2f} MB  out {record['bytes_out'] / 1e6:.2f} MB"
     )

@@ -81,9 +81,11 @@ class RoundModel(BaseModel):
     bytes_out: int
     aggregation_seconds: float
     checkpoint_seconds: float | None = None
-    timing: dict[str, float] = Field(
-        description="local_training_seconds_max, transfer_seconds_max, aggregation_seconds, "
-        "checkpoint_seconds"
+    timing: dict[str, float | str] = Field(
+        description="wall_seconds (open → next open) split along the critical path: "
+        "critical_client (last submitter) download/evaluation/local_training/upload/"
+        "client_other seconds, close_latency_seconds, aggregation_seconds, "
+        "checkpoint_seconds; plus local_training_seconds_max and transfer_seconds_max"
     )
     state_checksum: str
     clients: dict[str, RoundClient]

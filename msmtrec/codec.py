@@ -332,8 +332,9 @@ def decode(specs: Sequence[TensorSpec], buffer: Buffer, *, check_finite: bool = 
 def tensors_digest(
     tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None
 ) -> str:
-    """sha256 over (name, dtype, shape, raw bytes) of every tensor in sorted name order,
-    then the canonical JSON of ``meta``: a deterministic fingerprint of a state."""
+    """sha256 over (name, dtype, shape, raw bytes) of every tensor in sorted name order
+    (and, with ``meta``, combined with its canonical JSON by :func:`with_meta`): a
+    deterministic fingerprint of a state."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name]
@@ -341,9 +342,14 @@ def tensors_digest(
         h.update(f"{name}\0{spec.dtype}\0{list(spec.shape)}\0".encode())
         if spec.nbytes:
             h.update(memoryview(_as_array(t, DTYPES[spec.dtype][0])).cast("B"))
-    if meta is not None:
-        h.update(canonical_json(meta).encode())
-    return h.hexdigest()
+    digest = h.hexdigest()
+    return digest if meta is None else with_meta(digest, meta)
+
+
+def with_meta(digest: str, meta: Mapping[str, Any]) -> str:
+    """Combine a tensors digest with JSON metadata, so large tensors are hashed once even
+    when several fingerprints (state, checkpoint) cover them."""
+    return hashlib.sha256(f"{digest}\0{canonical_json(meta)}".encode()).hexdigest()
 
 
 def canonical_json(value: Any) -> str:

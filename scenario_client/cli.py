@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "client",
+        allow_abbrev=False,  # "--tokens" must not silently mean "--tokens-file"
         help="run one scenario's federated client (train locally, exchange with the aggregator)",
         description="Loads only <data>/<scenario>/, joins the aggregator, trains each round "
         "locally, submits its shared parameters, receives its personalized ones, evaluates "

@@ -12,8 +12,8 @@ makes restarts of either side uneventful:
 * the last submission is kept until the aggregator has it, so if the aggregator restarts and
   reopens the round, the same bytes are sent again (the server treats a byte-identical
   replay as the same submission);
-* the full local state is saved after every evaluation and every local round, so a
-  restarted client resumes its embeddings, gates, W_T and BatchNorm statistics.
+* the full local state is saved after every local round (and the final model at the end), so
+  a restarted client resumes its embeddings, gates, W_T and BatchNorm statistics.
 """
 
 from __future__ import annotations
@@ -290,8 +290,9 @@ class ScenarioClient:
             if exc.reason in FATAL_REASONS or exc.code.name in ("UNAUTHENTICATED",):
                 raise
             log.warning("%s: metrics of round %d not recorded: %s", self.scenario, completed, exc)
+        # No save here: evaluation changes no tensor, and the next local round saves anyway
+        # (a restarted client merely evaluates that round again). _finish saves.
         self.meta.evaluated_round = completed
-        self._save()
         if self.settings.registry is not None:
             self._publish(completed, evals)
         self.report.final_metrics = evals
@@ -331,8 +332,11 @@ class ScenarioClient:
             return  # the federation finished meanwhile; the main loop fetches it properly
         self.runtime.receive(dl.params)
         completed = int(dl.header.completed_rounds)
+        eval_seconds = 0.0
         if completed >= 1 and completed > self.meta.evaluated_round:
+            start = time.perf_counter()
             self._evaluate_and_report(completed, {"download_seconds": dl.seconds})
+            eval_seconds = time.perf_counter() - start
         update, fit = self.runtime.train_round(round_number, progress=self.settings.progress)
         self.report.rounds_trained.append(round_number)
         self.meta.trained_round = round_number
@@ -347,6 +351,7 @@ class ScenarioClient:
                 "train_seconds": float(fit.seconds),
                 "steps": float(fit.steps),
                 "download_seconds": float(dl.seconds),
+                "eval_seconds": eval_seconds,  # incl. reporting and publishing
             },
         )
         log.info(
@@ -391,6 +396,7 @@ class ScenarioClient:
         self.runtime.receive(dl.params)
         completed = int(dl.header.completed_rounds)
         self._evaluate_and_report(completed, {"download_seconds": dl.seconds})
+        self._save()
         self.report.final_round = completed
         log.info("%s: federation finished after %d rounds", self.scenario, completed)
 
