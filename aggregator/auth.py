@@ -20,15 +20,15 @@ from pathlib import Path
 import yaml
 from pydantic import SecretStr
 
-SCENARIO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SCENARIO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MIN_TOKEN_CHARS = 16
 
 
 def check_scenario_name(name: str) -> str:
     if not SCENARIO_RE.match(name):
         raise ValueError(
-            f"invalid scenario name {name!r}: 1-64 characters of letters, digits, '_', '.', "
-            "'-', starting with a letter or digit"
+            f"invalid scenario name {name!r}: 1-64 letters, digits, '_' or '-', starting with "
+            "a letter or digit (it names directories in the model registry)"
         )
     return name
 

@@ -117,6 +117,8 @@ def _cli_enabled(field: Any) -> bool:
 
 def _default_text(cls: type[ServiceSettings], name: str) -> str:
     field = cls.model_fields[name]
+    if field.is_required():
+        return "required"
     value = field.default_factory() if field.default_factory is not None else field.default
     if value is None:
         return "unset"

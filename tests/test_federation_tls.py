@@ -1,4 +1,5 @@
-"""TLS: a client that trusts the right CA federates; one that does not fails cleanly.
+"""TLS: a client that trusts the right CA federates; one that does not fails cleanly (so do
+a plaintext client and one with a wrong token).
 
 Server-authenticated TLS with real processes; mutual TLS with an in-process aggregator and
 raw channels (with and without a client certificate).
@@ -43,7 +44,20 @@ def test_tls_client_with_the_ca_federates_and_one_without_fails_cleanly(tmp_path
         "S0-plaintext",
         fed.client_args("S0", state_dir=tmp_path / "plain", reconnect_timeout_seconds=4),
     )
+    (tmp_path / "wrong.token").write_text("w" * 43)
+    impostor = processes.launch(
+        "S0-wrong-token",
+        fed.client_args(
+            "S0",
+            state_dir=tmp_path / "impostor",
+            ca_cert=certs["ca.pem"],
+            token_file=tmp_path / "wrong.token",
+        ),
+    )
     assert good.wait(START) == 0, good.tail()
+    assert impostor.wait(START) == 1, impostor.tail()
+    last = impostor.log().strip().splitlines()[-1]
+    assert "UNAUTHENTICATED" in last and "invalid bearer token" in last, impostor.tail()
     for bad in (untrusting, plaintext):
         assert bad.wait(START) == 1, bad.tail()
         last = bad.log().strip().splitlines()[-1]
