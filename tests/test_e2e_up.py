@@ -273,3 +273,18 @@ def test_up_refuses_a_busy_port_it_was_asked_for(tmp_path):
     assert f"port {port} (--gateway-port) is already in use" in result.stdout
     assert time.monotonic() - started < 60
     assert not (tmp_path / "busy" / "data").exists()  # refused before doing any work
+
+
+@pytest.mark.timeout(300)
+def test_children_do_not_outlive_a_killed_up(launch):
+    """Even SIGKILL (no cleanup code runs) leaves no orphans: PR_SET_PDEATHSIG."""
+    up = launch("killed", "--scenarios", "NL", "ES", "--rows", "2000", "--rounds", "50",
+                *FREE_PORTS)  # fmt: skip
+    wait_until(lambda: up.phase() == "training", START, "training to start", 0.5,
+               up.diagnostics)  # fmt: skip
+    children = up.state()["children"]
+    up.proc.send_signal(signal.SIGKILL)
+    up.proc.wait(timeout=10)
+    pids = {c["pid"] for c in children.values()}
+    wait_until(lambda: not sessions_alive(pids), 60, "the children to exit after up died",
+               0.5, lambda: "\n".join(sessions_alive(pids)))  # fmt: skip

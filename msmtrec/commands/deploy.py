@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import shutil
 import stat
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from msmtrec.data.synth import SynthConfig
 
 DEFAULT_SCENARIOS = ("NL", "ES", "FR", "US")
 # Names the aggregator is reached by: the compose service, the Kubernetes Service (short and
@@ -92,21 +95,19 @@ def _chown_like(root: Path, paths: Sequence[Path]) -> None:
     if os.geteuid() != 0:
         return
     st = root.stat()
-    for top in paths:
-        for path in [top, *top.rglob("*")]:
-            os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    for path in paths:
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
 
 
-def init_data(data_dir: Path, config: object) -> dict[str, str]:
+def init_data(data_dir: Path, config: SynthConfig) -> dict[str, str]:
     """Synthesize the scenarios of ``config`` that have no data under ``data_dir``.
 
     Returns scenario → ``"present"`` (left alone) or ``"written"``. Raises ValueError for a
     scenario with a train file but no test file (or the reverse): guessing would either
     overwrite real data or train on half of it.
     """
-    from msmtrec.data.synth import SynthConfig, synthesize
+    from msmtrec.data.synth import synthesize
 
-    assert isinstance(config, SynthConfig)
     config.validate()
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -121,23 +122,24 @@ def init_data(data_dir: Path, config: object) -> dict[str, str]:
     result = {s: "present" for s in states if s not in missing}
     if not missing:
         return result
-    # Write next to the target and rename into place, so a client never sees half a scenario
-    # and an interrupted init leaves only a dot-directory behind.
+    # Write next to the target and rename the files into place (same file system: atomic),
+    # so an interrupted init leaves only a dot-directory behind. Files, not the directory, are
+    # moved because <data>/<scenario> may already exist as an empty mount point.
+    moved: list[Path] = []
     with tempfile.TemporaryDirectory(prefix=".init-data-", dir=data_dir) as tmp:
         synthesize(Path(tmp), dataclasses.replace(config, scenarios=tuple(missing)))
-        moved = []
         for s in missing:
             target = data_dir / s
-            if target.is_dir():
-                shutil.rmtree(target)  # an empty (or file-less) directory, e.g. a mount point
-            shutil.move(str(Path(tmp) / s), str(target))
+            target.mkdir(exist_ok=True)
+            for item in sorted((Path(tmp) / s).iterdir()):
+                os.replace(item, target / item.name)
+                moved.append(target / item.name)
             moved.append(target)
             result[s] = "written"
-        shutil.move(str(Path(tmp) / "synth.json"), str(data_dir / "synth.json"))
+        os.replace(Path(tmp) / "synth.json", data_dir / "synth.json")
         moved.append(data_dir / "synth.json")
     for path in moved:
-        for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
-            p.chmod(0o755 if p.is_dir() else 0o644)  # clients run as another (non-root) user
+        path.chmod(0o755 if path.is_dir() else 0o644)  # clients run as another (non-root) user
     _chown_like(data_dir, moved)
     return result
 
