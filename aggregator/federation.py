@@ -153,6 +153,9 @@ def _finite_metrics(metrics: Mapping[str, float], what: str) -> dict[str, float]
 
 
 class Federation:
+    """Strategy + round state machine + history + checkpoints, behind one lock (see the
+    module docstring for the invariants)."""
+
     def __init__(
         self,
         spec: FederationSpec,
@@ -563,6 +566,12 @@ class Federation:
         )  # fmt: skip
 
     # --------------------------------------------------------------------- controller
+    def wait_for_change(self, timeout: float) -> None:
+        """Sleep until a call changed something (a submission, a join) or ``timeout``:
+        the controller closes a round as soon as its last submission arrived."""
+        with self._cond:
+            self._cond.wait(timeout)
+
     def tick(self) -> Action:
         """Advance the state machine once (called by the controller thread)."""
         with self._cond:
@@ -585,7 +594,8 @@ class Federation:
             elif now - self._last_report >= 15.0 and self.machine.phase is not Phase.FINISHED:
                 self._last_report = now
                 log.info("%s", self.machine.message(now))
-            self._cond.notify_all()
+            if action is not Action.NONE:
+                self._cond.notify_all()
         if action is Action.CLOSE:
             self._close(submissions, opened_at, closed_at, closed_by, extensions, lost, downloads)
         return action

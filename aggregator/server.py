@@ -197,7 +197,7 @@ class Aggregator:
                 log.info("finished and every client reported; exiting")
                 self.stop_event.set()
                 return
-            self.stop_event.wait(0.1)
+            fed.wait_for_change(0.1)
 
     def stop(self, grace: float | None = None) -> int:
         self.stop_event.set()
