@@ -16,7 +16,7 @@ import torch
 
 from msmtrec.data.dataset import ScenarioSplits
 from msmtrec.federation.config import FederationConfig
-from msmtrec.federation.groups import signature
+from msmtrec.federation.groups import Group, classify, signature
 from msmtrec.federation.strategy import ClientUpdate, Tensors
 from msmtrec.model.config import ModelConfig
 from msmtrec.model.mmoe import MultiTaskMMoE, build_model
@@ -62,6 +62,10 @@ class ClientRuntime:
         self.groups.check_model(state)
         self.sent_names = self.groups.sent_names(state)
         self.anchor: Tensors | None = None
+        lam = federation.template_l2
+        self.shrink = {
+            n: lam for n in state if lam > 0 and classify(n) in (Group.SCENARIO, Group.TASK)
+        }
 
     def signature(self) -> dict[str, tuple]:
         return signature(self.model.state_dict(), self.sent_names)
@@ -92,6 +96,7 @@ class ClientRuntime:
             seed=round_seed(self.seed, self.scenario, round_number),
             anchor=self.anchor,
             mu=self.federation.mu,
+            shrink=self.shrink,
             progress=progress,
             desc=f"{self.scenario} r{round_number}",
         )

@@ -32,6 +32,9 @@ class FederationConfig:
     ``mu``: weight of (μ/2)‖θ_shared − θ_start‖² in the local loss (the personalization
     regularizer for pfmsmtrec, the proximal term for fedprox). ``conflict``: ca | pcgrad |
     none. ``personalize``: learn a_c, b_c by hyper-gradient (False → fixed at 1).
+    ``template_l2``: (λ/2)‖·‖² on the expert template's specific parts W_S and W_T, which
+    shrinks each scenario's experts towards the shared W_G (regularized multi-task learning);
+    without it the additive split is pure over-parametrisation.
     """
 
     method: str = "pfmsmtrec"
@@ -47,6 +50,7 @@ class FederationConfig:
     hyper_lr: float = 0.01
     hyper_momentum: float = 0.9
     hyper_weight_decay: float = 1e-4
+    template_l2: float = 0.0
 
     def parameter_groups(self) -> ParameterGroups:
         keep = Policy.KEEP

@@ -57,7 +57,8 @@ class TensorData:
 
 class Trainer:
     """Fits and evaluates one model; the regularizer (μ/2)‖θ_shared − θ_start‖² anchors the
-    tensors that leave the client to where the round started (PF-MSMTrec §6, FedProx)."""
+    tensors that leave the client to where the round started (PF-MSMTrec §6, FedProx), and
+    ``shrink`` {name: λ} adds (λ/2)‖θ‖² on chosen tensors (the template's specific parts)."""
 
     def __init__(self, model: MultiTaskMMoE, config: TrainConfig | None = None) -> None:
         self.model = model
@@ -79,6 +80,7 @@ class Trainer:
         epochs: int | None = None,
         anchor: Mapping[str, torch.Tensor] | None = None,
         mu: float = 0.0,
+        shrink: Mapping[str, float] | None = None,
         progress: bool = False,
         desc: str = "train",
     ) -> FitResult:
@@ -97,6 +99,7 @@ class Trainer:
             if anchor is not None and mu > 0
             else []
         )
+        shrunk = [(params[n], lam) for n, lam in (shrink or {}).items() if lam > 0]
         start = time.perf_counter()
         total_loss, steps, seen = 0.0, 0, 0
         bar = tqdm(
@@ -119,6 +122,8 @@ class Trainer:
                 if anchored:
                     prox = sum(((p - ref) ** 2).sum() for p, ref in anchored)
                     loss = loss + 0.5 * mu * prox
+                if shrunk:
+                    loss = loss + 0.5 * sum(lam * (p**2).sum() for p, lam in shrunk)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
