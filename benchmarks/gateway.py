@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`{command}`",
         "",
         f"Machine: {header}, at end {load_end:.2f} (other processes share the 2 cores; "
-        "a load average above ~1 means the figures include their interference). Server: `msmtrec gateway --threads {args.threads} "
+        "a load average above ~1 means the figures include their interference). "
+        f"Server: `msmtrec gateway --threads {args.threads} "
         f"--workers {args.workers}`; load generator: {max(args.concurrency)} threads max in "
         "a separate process, raw-socket keep-alive HTTP/1.1, sharing the same cores.",
         "",
