@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 
-import pytest
 import torch
 from helpers.federation import Federation
 from helpers.processes import get_json, wait_until
@@ -163,7 +162,6 @@ def test_aggregator_killed_between_rounds_resumes_and_result_is_unchanged(tmp_pa
     assert_matches_simulation(fed, rounds=3)
 
 
-@pytest.mark.slow
 def test_client_killed_mid_round_misses_it_and_rejoins_the_next(tmp_path, processes):
     deadline = 12.0
     fed = Federation.create(tmp_path)
