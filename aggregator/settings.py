@@ -54,6 +54,9 @@ class AggregatorSettings(ServiceSettings):
     ca_rescale: Literal["alpha", "alpha_sq", "none"] | None = Field(
         None, description="rescaling of the conflict-averse update (method default)"
     )
+    template_l2: float | None = Field(
+        None, description="λ of (λ/2)‖W_S, W_T‖², shrinking experts to W_G (method default)"
+    )
 
     # ----------------------------------------------------------------------- rounds
     scenarios: list[str] | None = Field(
@@ -140,6 +143,7 @@ class AggregatorSettings(ServiceSettings):
                 "conflict": self.conflict,
                 "ca_alpha": self.ca_alpha,
                 "ca_rescale": self.ca_rescale,
+                "template_l2": self.template_l2,
                 "template": self.template,
             }.items()
             if v is not None
