@@ -345,9 +345,10 @@ def test_dockerfile_layers_and_copies():
         d for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
         if d.startswith("torch")
     )  # fmt: skip
-    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch_run]
-    torch_arg = _one(ins, "ARG")
-    assert torch_arg == f"TORCH_VERSION={pin.split('==')[1]}", (torch_arg, pin)
+    assert '--index-url "$TORCH_INDEX_URL"' in runs[torch_run]
+    args = dict(rest.split("=", 1) for instr, rest in ins if instr == "ARG")
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"  # CPU wheels
+    assert args["TORCH_VERSION"] == pin.split("==")[1], (args, pin)
 
     order = [(instr, rest) for instr, rest in ins if instr in ("RUN", "COPY")]
     torch_pos = next(i for i, (_, r) in enumerate(order) if "torch==" in r)
