@@ -54,8 +54,9 @@ class UpError(Exception):
     """A failure the user must see: what failed, and the evidence (a log tail)."""
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM reached ``up``."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM reached ``up``. A BaseException, like KeyboardInterrupt, so that no
+    ``except Exception`` on the way (a poll that treats errors as "not yet") swallows it."""
 
 
 # --------------------------------------------------------------------------------- CLI
@@ -565,6 +566,13 @@ class Up:
         response.raise_for_status()
         return response.json()
 
+    def try_get(self, url: str) -> Any:
+        """``get``, or None while the service does not answer (the caller polls again)."""
+        try:
+            return self.get(url)
+        except Exception:
+            return None
+
     def tick(self) -> None:
         self.show_logs()
         self.check_services()
@@ -595,13 +603,12 @@ class Up:
         """Round lines from the status API (what an operator sees) as rounds open and close."""
         ep = self.endpoints
         assert ep is not None
-        try:
-            status = self.get(f"{ep.status}/v1/status")
-        except Exception:
+        status = self.try_get(f"{ep.status}/v1/status")
+        if status is None:
             return
         total = status["total_rounds"]
         if status["completed_rounds"] > self._seen_rounds:
-            for rec in self.get(f"{ep.status}/v1/rounds"):
+            for rec in self.try_get(f"{ep.status}/v1/rounds") or []:
                 if rec["round"] <= self._seen_rounds:
                     continue
                 say(
@@ -640,8 +647,8 @@ class Up:
                 deadline = time.monotonic() + a.round_timeout
             clients = [c for c in self.children if c.role == "client"]
             if all(c.poll() == 0 for c in clients):
-                status = self.get(f"{ep.status}/v1/status")
-                if status["phase"] == "finished":
+                status = self.try_get(f"{ep.status}/v1/status")
+                if status is not None and status["phase"] == "finished":
                     self.progress()
                     return status
             if time.monotonic() > deadline:
@@ -690,9 +697,16 @@ class Up:
             instances, labels = example_instances(self.data_dir, s)
             body_path = self.run_dir / "examples" / f"{s}.json"
             body_path.write_text(json.dumps({"instances": instances}) + "\n")
-            response = httpx.post(
-                f"{ep.gateway}/v1/scenarios/{s}/predict", json={"instances": instances}, timeout=10
-            )
+            try:
+                response = httpx.post(
+                    f"{ep.gateway}/v1/scenarios/{s}/predict",
+                    json={"instances": instances},
+                    timeout=30,
+                )
+            except httpx.HTTPError as exc:
+                raise self.child("gateway").failure(
+                    f"— POST /v1/scenarios/{s}/predict failed: {exc!r}"
+                ) from None
             if response.status_code != 200:
                 raise self.child("gateway").failure(
                     f"— POST /v1/scenarios/{s}/predict answered {response.status_code}: "
@@ -710,7 +724,9 @@ class Up:
     def summary(self) -> None:
         ep = self.endpoints
         assert ep is not None
-        rounds = self.get(f"{ep.status}/v1/rounds")
+        rounds = self.try_get(f"{ep.status}/v1/rounds")
+        if rounds is None:
+            raise self.child("aggregator").failure("— its status API did not answer /v1/rounds")
         last = rounds[-1] if rounds else None
         if last:
             say()
