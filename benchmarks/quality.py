@@ -26,9 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 METHODS = (
-    "local", "fedavg", "fedprox", "fedbn", "central", "pfmsmtrec",
-    "pfmsmtrec-no-template", "pfmsmtrec-no-fedbn", "pfmsmtrec-no-conflict",
-    "pfmsmtrec-no-personal", "pfmsmtrec-no-tower", "pfmsmtrec-mu0",
+    "local",
+    "fedavg",
+    "fedprox",
+    "fedbn",
+    "central",
+    "pfmsmtrec",
+    "pfmsmtrec-no-template",
+    "pfmsmtrec-no-fedbn",
+    "pfmsmtrec-no-conflict",
+    "pfmsmtrec-no-personal",
+    "pfmsmtrec-no-tower",
+    "pfmsmtrec-mu0",
+    "pfmsmtrec-no-shrink",
 )
 SHIFTS = {"low": 0.2, "high": 0.8}
 
@@ -53,16 +63,25 @@ def _run(job: Job) -> dict:
     from msmtrec.training.trainer import TrainConfig
 
     cfg = SimulationConfig(
-        data_dir=Path(job.data_dir), method=job.method, rounds=job.rounds, seed=job.seed,
-        preset=job.preset, train=TrainConfig(lr=job.lr, batch_size=job.batch_size),
+        data_dir=Path(job.data_dir),
+        method=job.method,
+        rounds=job.rounds,
+        seed=job.seed,
+        preset=job.preset,
+        train=TrainConfig(lr=job.lr, batch_size=job.batch_size),
     )
     start = time.perf_counter()
     res = run_simulation(cfg, log=lambda _msg: None)
     best = res.best
     return {
-        "method": job.method, "shift": job.shift, "seed": job.seed,
-        "best_round": res.best_round, "seconds": time.perf_counter() - start,
-        "mean_valid_auc": best.mean_valid_auc, "test": best.test, "valid": best.valid,
+        "method": job.method,
+        "shift": job.shift,
+        "seed": job.seed,
+        "best_round": res.best_round,
+        "seconds": time.perf_counter() - start,
+        "mean_valid_auc": best.mean_valid_auc,
+        "test": best.test,
+        "valid": best.valid,
     }
 
 
@@ -72,8 +91,16 @@ def _make_data(root: Path, shift: str, seed: int, rows: int, scenarios: int) -> 
     out = root / f"shift-{shift}-seed-{seed}-rows-{rows}-n-{scenarios}"
     if not (out / "synth.json").exists():
         names = ("NL", "ES", "FR", "US", "RU", "BR", "PL", "DE")[:scenarios]
-        synthesize(out, SynthConfig(scenarios=names, train_rows=rows, test_rows=rows // 2,
-                                    concept_shift=SHIFTS[shift], seed=1000 + seed))
+        synthesize(
+            out,
+            SynthConfig(
+                scenarios=names,
+                train_rows=rows,
+                test_rows=rows // 2,
+                concept_shift=SHIFTS[shift],
+                seed=1000 + seed,
+            ),
+        )
     return out
 
 
@@ -98,7 +125,9 @@ def summarize(results: list[dict], shifts: list[str], methods: list[str]) -> str
         cells = []
         for s in shifts:
             for t in tasks:
-                vals = [_macro(r["test"], t) for r in results if r["method"] == m and r["shift"] == s]
+                vals = [
+                    _macro(r["test"], t) for r in results if r["method"] == m and r["shift"] == s
+                ]
                 cells.append(_fmt([v for v in vals if v is not None]))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -127,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--rows", type=int, default=20_000, help="training rows per scenario")
     p.add_argument("--scenarios", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--rounds", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--preset", default="small")
@@ -145,37 +174,53 @@ def main(argv: list[str] | None = None) -> int:
     for shift in args.shifts:
         for seed in args.seeds:
             data = _make_data(args.data_cache, shift, seed, args.rows, args.scenarios)
-            jobs += [Job(m, shift, seed, str(data), args.rounds, args.lr, args.batch_size,
-                         args.preset) for m in args.methods]
+            jobs += [
+                Job(m, shift, seed, str(data), args.rounds, args.lr, args.batch_size, args.preset)
+                for m in args.methods
+            ]
     print(f"{len(jobs)} simulations on {args.jobs} processes")
     results = []
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for i, r in enumerate(pool.map(_run, jobs), 1):
             results.append(r)
-            print(f"[{i}/{len(jobs)}] {r['method']:<24} shift {r['shift']:<4} seed {r['seed']}  "
-                  f"round {r['best_round']:>2}  valid {r['mean_valid_auc']:.4f}  "
-                  + "  ".join(f"{t} {_macro(r['test'], t):.4f}" for t in r["test"][next(iter(r['test']))])
-                  + f"  ({r['seconds']:.0f}s)", flush=True)
+            print(
+                f"[{i}/{len(jobs)}] {r['method']:<24} shift {r['shift']:<4} seed {r['seed']}  "
+                f"round {r['best_round']:>2}  valid {r['mean_valid_auc']:.4f}  "
+                + "  ".join(
+                    f"{t} {_macro(r['test'], t):.4f}" for t in r["test"][next(iter(r["test"]))]
+                )
+                + f"  ({r['seconds']:.0f}s)",
+                flush=True,
+            )
     elapsed = time.perf_counter() - start
 
     table = summarize(results, args.shifts, args.methods)
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     report = [
-        "# Quality benchmark: test AUC on synthetic AliExpress-schema data", "",
+        "# Quality benchmark: test AUC on synthetic AliExpress-schema data",
+        "",
         f"Command: `{command.strip()}`  ",
-        f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}; machine: {os.cpu_count()} cores, "
-        f"{mem_gb:.0f} GiB, {platform.processor() or platform.machine()}; wall time {elapsed / 60:.1f} min.  ",
+        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}; machine: {os.cpu_count()} cores, "
+        f"{mem_gb:.0f} GiB, {platform.machine()}, load average {os.getloadavg()[0]:.1f}; "
+        f"wall time {elapsed / 60:.1f} min.  ",
         f"Data: {args.scenarios} scenarios × {args.rows} training rows (last 10 % = validation) "
         f"and {args.rows // 2} test rows, concept shift low = {SHIFTS['low']}, high = "
         f"{SHIFTS['high']}; preset `{args.preset}`, {args.rounds} rounds × 1 local epoch, "
         f"Adam lr {args.lr}, batch {args.batch_size}; seeds {args.seeds} (data and model).  ",
         "Each cell: mean ± std over seeds of the macro mean over scenarios of the test AUC, at "
-        "the round selected by mean validation AUC.", "", table, "",
+        "the round selected by mean validation AUC.",
+        "",
+        table,
+        "",
     ]
     for shift in args.shifts:
-        report += [f"## Per scenario, {shift} shift (mean over seeds)", "",
-                   per_scenario(results, shift, args.methods), ""]
+        report += [
+            f"## Per scenario, {shift} shift (mean over seeds)",
+            "",
+            per_scenario(results, shift, args.methods),
+            "",
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not args.quick:
         args.out.write_text("\n".join(report))

@@ -45,6 +45,7 @@ KEEPS_BN = [
     "pfmsmtrec-no-personal",
     "pfmsmtrec-no-tower",
     "pfmsmtrec-mu0",
+    "pfmsmtrec-no-shrink",
 ]
 
 

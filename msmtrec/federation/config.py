@@ -21,6 +21,7 @@ ABLATIONS = {
     "pfmsmtrec-no-personal": "w/o personalized aggregation (a_c = b_c = 1)",
     "pfmsmtrec-no-tower": "w/o tower aggregation (towers local)",
     "pfmsmtrec-mu0": "μ = 0 (no personalization regularizer)",
+    "pfmsmtrec-no-shrink": "template_l2 = 0 (ALGORITHM.md exactly as written)",
 }
 METHODS = BASE_METHODS + tuple(ABLATIONS)
 
@@ -99,7 +100,8 @@ def resolve_method(name: str, **overrides: Any) -> FederationConfig:
         "fedprox": FederationConfig("fedprox", template="none", mu=0.01),
         "fedbn": FederationConfig("fedbn", template="none", mu=0.0),
         "central": FederationConfig("central", template="none", mu=0.0),
-        "pfmsmtrec": FederationConfig("pfmsmtrec"),
+        # template_l2 chosen on validation (docs/METHOD.md, "Tuning").
+        "pfmsmtrec": FederationConfig("pfmsmtrec", template_l2=3e-3),
     }
     pf = base["pfmsmtrec"]
     ablations = {
@@ -109,6 +111,7 @@ def resolve_method(name: str, **overrides: Any) -> FederationConfig:
         "pfmsmtrec-no-personal": pf.with_(personalize=False, init_weight=1.0),
         "pfmsmtrec-no-tower": pf.with_(tower_aggregation=False),
         "pfmsmtrec-mu0": pf.with_(mu=0.0),
+        "pfmsmtrec-no-shrink": pf.with_(template_l2=0.0),
     }
     table = {**base, **ablations}
     if name not in table:
