@@ -18,9 +18,9 @@ from typing import Any
 from msmtrec.data.dataset import ScenarioData, ScenarioSplits
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
 from msmtrec.federation.client import ClientRuntime, round_seed
-from msmtrec.federation.config import FederationConfig, resolve_method
+from msmtrec.federation.config import FederationConfig, resolve_experiment
 from msmtrec.federation.strategy import Strategy
-from msmtrec.model.config import ModelConfig, preset
+from msmtrec.model.config import ModelConfig
 from msmtrec.model.mmoe import build_model
 from msmtrec.training.metrics import TaskMetrics, mean_auc
 from msmtrec.training.trainer import TrainConfig, Trainer
@@ -43,12 +43,15 @@ class SimulationConfig:
     progress: bool = False
 
     def federation(self) -> FederationConfig:
-        return resolve_method(self.method, **self.federation_overrides)
+        return self.resolved()[0]
 
     def model_config(self) -> ModelConfig:
-        fed = self.federation()
-        overrides = {"template": fed.template, **self.model_overrides}
-        return preset(self.preset, **overrides)
+        return self.resolved()[1]
+
+    def resolved(self) -> tuple[FederationConfig, ModelConfig]:
+        return resolve_experiment(
+            self.method, self.preset, self.federation_overrides, self.model_overrides
+        )
 
 
 @dataclass

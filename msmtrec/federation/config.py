@@ -12,6 +12,7 @@ from typing import Any
 
 from msmtrec.federation.conflict import CaRescale, ConflictMode
 from msmtrec.federation.groups import Group, ParameterGroups, Policy
+from msmtrec.model.config import ModelConfig, preset
 
 BASE_METHODS = ("local", "fedavg", "fedprox", "fedbn", "pfmsmtrec", "central")
 ABLATIONS = {
@@ -90,6 +91,20 @@ class FederationConfig:
 
     def with_(self, **changes: Any) -> FederationConfig:
         return replace(self, **changes)
+
+
+def resolve_experiment(
+    method: str,
+    preset_name: str,
+    federation_overrides: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+) -> tuple[FederationConfig, ModelConfig]:
+    """Method + preset + overrides → (federation, model) configuration. The model takes the
+    method's template unless a model override names one. The simulation and the networked
+    federation both resolve through here, so they always build the same model."""
+    fed = resolve_method(method, **(federation_overrides or {}))
+    model = preset(preset_name, **{"template": fed.template, **(model_overrides or {})})
+    return fed, model
 
 
 def resolve_method(name: str, **overrides: Any) -> FederationConfig:

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
-from msmtrec.federation.config import FederationConfig, resolve_method
-from msmtrec.model.config import ModelConfig, preset
+from msmtrec.federation.config import FederationConfig, resolve_experiment
+from msmtrec.model.config import ModelConfig
 from msmtrec.model.mmoe import build_model
 from msmtrec.training.trainer import TrainConfig
 
@@ -44,12 +44,16 @@ class FederationSpec:
     schema: FeatureSchema = ALIEXPRESS
 
     def federation(self) -> FederationConfig:
-        return resolve_method(self.method, **self.federation_overrides)
+        return self.resolved()[0]
 
     def model_config(self) -> ModelConfig:
-        """The method's template unless overridden, exactly as the simulation resolves it."""
-        overrides = {"template": self.federation().template, **self.model_overrides}
-        return preset(self.preset, **overrides)
+        return self.resolved()[1]
+
+    def resolved(self) -> tuple[FederationConfig, ModelConfig]:
+        """Exactly as the simulation resolves it (one function for both)."""
+        return resolve_experiment(
+            self.method, self.preset, self.federation_overrides, self.model_overrides
+        )
 
     def initial_state(self) -> dict[str, torch.Tensor]:
         """The full initial state_dict every participant derives from the seed."""
