@@ -30,6 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from msmtrec.codec import canonical_json, tensors_digest, with_meta
+from msmtrec.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class CheckpointStore:
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         try:
             save_file(tensors, str(tmp), metadata=metadata)
+            fault_point("aggregator.checkpoint_write", round_number)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
@@ -168,14 +170,42 @@ class CheckpointStore:
             raise ValueError(f"{path}: checksum mismatch (file altered or corrupted)")
         return Checkpoint(int(metadata["round"]), tensors, state, path, digest)
 
+    def remove_stale_temps(self) -> None:
+        """Delete temp files of saves that a crash interrupted (each as large as a whole
+        checkpoint). Only called when no save is running: at start-up and on reload."""
+        if not self.dir.is_dir():
+            return
+        for p in self.dir.iterdir():
+            if p.name.startswith(".checkpoint-") and ".tmp-" in p.name:
+                log.info("removing %s, left by an interrupted checkpoint write", p.name)
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
     def load_latest(self) -> Checkpoint | None:
-        """The newest checkpoint that verifies; corrupted newer ones are skipped loudly."""
+        """The newest checkpoint that verifies; corrupted newer ones are skipped loudly.
+
+        None only when there is no checkpoint at all. If there are checkpoints and none
+        verifies, this raises :class:`CheckpointError` rather than letting the caller start
+        a fresh federation over the remains of one that completed rounds."""
+        self.remove_stale_temps()
+        problems = []
         for r in reversed(self.rounds()):
             path = self.path_for(r)
             try:
                 ckpt = self.read(path)
             except ValueError as exc:
                 log.warning("skipping checkpoint: %s; falling back to the previous one", exc)
+                problems.append(str(exc))
                 continue
             return ckpt
+        if problems:
+            raise CheckpointError(
+                f"none of the {len(problems)} checkpoints in {self.dir} verifies "
+                f"({'; '.join(problems)}); refusing to start a new federation over them: "
+                "restore a good checkpoint, or move the directory away to start afresh"
+            )
         return None
+
+
+class CheckpointError(ValueError):
+    """Checkpoints exist but none can be trusted."""

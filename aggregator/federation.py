@@ -49,6 +49,7 @@ from msmtrec.codec import (
     tensors_digest,
     with_meta,
 )
+from msmtrec.faults import fault_point
 from msmtrec.federation.spec import FederationSpec
 from msmtrec.federation.strategy import ClientUpdate, Strategy
 
@@ -507,6 +508,8 @@ class Federation:
                 ticket.round, ticket.scenario, ticket.num_samples, nbytes / 1e6, seconds,
                 self.machine.message(self.clock()),
             )  # fmt: skip
+            # (test-only; pausing here holds the lock: the round cannot close meanwhile)
+            fault_point("aggregator.submission_recorded", ticket.round)
             self._cond.notify_all()
             return SubmitResult(False, digest, self._status(ticket.scenario))
 
@@ -626,6 +629,7 @@ class Federation:
         updates = [
             ClientUpdate(s.scenario, s.num_samples, s.params, dict(s.metrics)) for s in submissions
         ]
+        fault_point("aggregator.aggregate", round_number)
         try:
             self.strategy.aggregate(updates)
         except Exception:
@@ -654,6 +658,7 @@ class Federation:
             "spec_digest": self.spec_digest,
         }
         self._save_checkpoint(tensors, state, digest_of_tensors)
+        fault_point("aggregator.between_rounds", round_number)
         record["checkpoint_seconds"] = round(time.perf_counter() - ckpt_start, 6)
         record["timing"]["checkpoint_seconds"] = record["checkpoint_seconds"]
         # open → next open: what one round costs end to end

@@ -47,6 +47,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from msmtrec.data.schema import FeatureSchema
+from msmtrec.faults import fault_point
 from msmtrec.model.config import PRESETS, ModelConfig
 from msmtrec.model.mmoe import MultiTaskMMoE, build_model
 
@@ -291,6 +292,7 @@ class ModelRegistry:
             tmp.mkdir()
             try:
                 _write_file(tmp / WEIGHTS_FILE, weights)
+                fault_point("registry.version_write", int(round))
                 _write_file(
                     tmp / METADATA_FILE,
                     json.dumps(meta, indent=2, allow_nan=False).encode(),
@@ -301,6 +303,7 @@ class ModelRegistry:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             _fsync_dir(sdir)
+            fault_point("registry.before_latest", int(round))
             self._set_latest(sdir, version)
             self._prune(sdir, keep=version)
         return version

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from msmtrec.codec import (
     encode,
     signature_of,
 )
+from msmtrec.faults import fault_point
 from msmtrec.federation.client import ClientRuntime
 from msmtrec.federation.spec import FederationSpec
 from msmtrec_proto import wire
@@ -239,6 +241,7 @@ class ScenarioClient:
                         raise ClientError("the aggregator sent data before the header")
                     else:
                         assembler.feed(message.data)
+                        fault_point("client.download_chunk", assembler.chunks - 1)
                 if header is None or assembler is None:
                     raise ClientError("the aggregator sent an empty download")
                 params = decode(specs, assembler.finish())
@@ -249,19 +252,24 @@ class ScenarioClient:
         return self.conn.call("Download", attempt)
 
     def _submit(self, pending: PendingSubmission) -> pb.SubmitResponse:
+        def messages() -> Iterator[pb.SubmitChunk]:
+            stream = wire.submit_stream(
+                pending.encoded,
+                self.chunk_bytes,
+                scenario=self.scenario,
+                round_number=pending.round,
+                num_samples=pending.num_samples,
+                metrics=pending.metrics,
+            )
+            for i, message in enumerate(stream):
+                if i:
+                    fault_point("client.upload_chunk", i - 1)
+                yield message
+
         return self.conn.call(
             "Submit",
             lambda: self.conn.stub.Submit(
-                wire.submit_stream(
-                    pending.encoded,
-                    self.chunk_bytes,
-                    scenario=self.scenario,
-                    round_number=pending.round,
-                    num_samples=pending.num_samples,
-                    metrics=pending.metrics,
-                ),
-                timeout=self.conn.transfer_timeout,
-                metadata=self.md,
+                messages(), timeout=self.conn.transfer_timeout, metadata=self.md
             ),
         )
 
@@ -340,6 +348,7 @@ class ScenarioClient:
             start = time.perf_counter()
             self._evaluate_and_report(completed, {"download_seconds": dl.seconds})
             eval_seconds = time.perf_counter() - start
+        fault_point("client.train", round_number)
         update, fit = self.runtime.train_round(round_number, progress=self.settings.progress)
         self.report.rounds_trained.append(round_number)
         self.meta.trained_round = round_number
