@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
-from helpers.federation import Federation
-from helpers.processes import ManagedProcess, ProcessGroup, wait_until
 
 from aggregator.checkpoint import CheckpointStore
+from helpers.federation import Federation
+from helpers.processes import ManagedProcess, ProcessGroup, wait_until
 from msmtrec.data.loader import load_scenario
 from msmtrec.faults import DIR_ENV, PAUSE_ENV
 from msmtrec.registry import TMP_PREFIX, ModelRegistry
@@ -159,7 +159,7 @@ class FaultRun:
                 )
             probs = torch.sigmoid(logits)
             assert probs.shape == (min(64, len(test)), len(loaded.model.tasks))
-            assert torch.isfinite(probs).all() and 0 < probs.min() and probs.max() < 1
+            assert torch.isfinite(probs).all() and probs.min() > 0 and probs.max() < 1
             leftovers = [p.name for p in (self.registry / s).iterdir()
                          if p.name.startswith(TMP_PREFIX)]  # fmt: skip
             assert not leftovers, (s, leftovers)
