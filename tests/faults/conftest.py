@@ -9,32 +9,13 @@ switches the property-based tests to their larger "full" Hypothesis profile. The
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from helpers.faults import FaultRun, assert_no_orphans
+from helpers.faults import FULL, FaultRun, assert_no_orphans
 from helpers.processes import ProcessGroup
-from hypothesis import HealthCheck, settings
 
 HERE = Path(__file__).parent
-FULL = os.environ.get("MSMTREC_FULL_FAULTS") == "1"
-
-# Property-based tests: a CI-sized sample by default, a large one for the full run.
-settings.register_profile(
-    "faults-ci",
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-settings.register_profile(
-    "faults-full",
-    max_examples=3000,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-PROFILE = "faults-full" if FULL else "faults-ci"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
+from hypothesis import HealthCheck, settings
 
 from aggregator.checkpoint import CheckpointStore
 from helpers.federation import Federation
@@ -29,6 +30,23 @@ from msmtrec.faults import DIR_ENV, PAUSE_ENV
 from msmtrec.registry import TMP_PREFIX, ModelRegistry
 
 START = 120.0  # process start-up on a busy 2-core machine (torch, sklearn imports)
+FULL = os.environ.get("MSMTREC_FULL_FAULTS") == "1"  # the exhaustive variants (RELIABILITY.md)
+
+# Property-based tests: a CI-sized sample by default, a large one for the full run.
+settings.register_profile(
+    "faults-ci",
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "faults-full",
+    max_examples=3000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+PROFILE = "faults-full" if FULL else "faults-ci"
 
 
 @dataclass
