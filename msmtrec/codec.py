@@ -186,6 +186,7 @@ def compare_signatures(
 ) -> str | None:
     """None when equal (as sets of specs), else the first difference in words."""
     try:
+        _well_formed(got)  # before total_bytes: an unknown dtype has no size
         check_manifest(got, want, declared_total=total_bytes(got), max_bytes=sys.maxsize)
     except CodecError as exc:
         return str(exc)

@@ -429,3 +429,31 @@ def test_huge_declared_uploads_are_refused_before_allocation(server):
             assert "exceeds the limit" in info.value.details()
     assert fed.state_checksum() == before
     assert rss() - grown < 64 * MiB
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        TensorSpec("experts.layers.0.weight_g", (3,), "1/0"),  # unknown dtype
+        TensorSpec("experts.layers.0.weight_g", (-1, 4), "float32"),  # negative dimension
+        TensorSpec("", (1,), "float32"),
+        TensorSpec("x", tuple([2] * 9), "float32"),  # too many dimensions
+    ],
+)
+def test_join_with_a_malformed_signature_is_a_clean_refusal(server, bad):
+    """Found by the full fuzz run: a signature entry with an unknown dtype crashed Join with
+    an unhandled KeyError (UNKNOWN, traceback in the log) instead of a refusal."""
+    fed = server.fed
+    signature = [bad, *fed.signature[1:]]
+    before = fed.state_checksum()
+    with pytest.raises(grpc.RpcError) as info:
+        server.stub.Join(
+            pb.JoinRequest(
+                scenario="A", spec_digest=fed.spec_digest, signature=wire.specs_to_proto(signature)
+            ),
+            metadata=server.md(server.tokens["A"]),
+            timeout=10,
+        )
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION, info.value.details()
+    assert dict(info.value.trailing_metadata())["msmtrec-reason"] == "signature-mismatch"
+    assert fed.state_checksum() == before
