@@ -16,7 +16,7 @@ from msmtrec.federation.config import METHODS
 from msmtrec.federation.spec import FederationSpec
 from msmtrec.model.config import PRESETS
 from msmtrec.settings import NO_CLI, ServiceSettings
-from msmtrec.training.trainer import TrainConfig
+from msmtrec.training.config import TrainConfig
 
 MiB = 1 << 20
 
@@ -29,7 +29,7 @@ class AggregatorSettings(ServiceSettings):
     host: str = Field("127.0.0.1", description="gRPC bind address (0.0.0.0 in containers)")
     port: int = Field(50051, description="gRPC port")
     status_host: str = Field("127.0.0.1", description="REST status API bind address")
-    status_port: int = Field(8080, description="REST status API port (0: disabled)")
+    status_port: int = Field(8081, description="REST status API port (0: disabled)")
     max_workers: int = Field(32, description="gRPC worker threads (long polls hold one each)")
 
     # ------------------------------------------------------------- experiment protocol

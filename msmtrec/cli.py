@@ -12,8 +12,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from msmtrec import __version__
 
 # module with a ``register(subparsers)`` function, per area
@@ -53,6 +51,8 @@ def set_threads(threads: int | None) -> None:
     """Pin intra-op threads deliberately: oversubscription on small machines costs more than
     it gains when several processes share the cores."""
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
 
 

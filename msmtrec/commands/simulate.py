@@ -7,7 +7,7 @@ from pathlib import Path
 
 from msmtrec.federation.config import METHODS
 from msmtrec.model.config import CTCVR_HEADS, PRESETS, TEMPLATES
-from msmtrec.training.trainer import TrainConfig
+from msmtrec.training.config import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,30 +1,22 @@
 """Data: feature schema, AliExpress loader and raw preparer, synthetic generator."""
 
-from msmtrec.data.aliexpress_raw import prepare_aliexpress
-from msmtrec.data.dataset import ScenarioData, ScenarioSplits
-from msmtrec.data.loader import (
-    DataValidationError,
-    list_scenarios,
-    load_scenario,
-    load_split,
-    write_split,
-)
-from msmtrec.data.schema import ALIEXPRESS, FeatureSchema, aliexpress_schema
-from msmtrec.data.synth import SynthConfig, generate, synthesize
+from msmtrec._lazy import lazy_exports
 
-__all__ = [
-    "ALIEXPRESS",
-    "DataValidationError",
-    "FeatureSchema",
-    "ScenarioData",
-    "ScenarioSplits",
-    "SynthConfig",
-    "aliexpress_schema",
-    "generate",
-    "list_scenarios",
-    "load_scenario",
-    "load_split",
-    "prepare_aliexpress",
-    "synthesize",
-    "write_split",
-]
+_EXPORTS = {
+    "prepare_aliexpress": "msmtrec.data.aliexpress_raw",
+    "ScenarioData": "msmtrec.data.dataset",
+    "ScenarioSplits": "msmtrec.data.dataset",
+    "DataValidationError": "msmtrec.data.loader",
+    "list_scenarios": "msmtrec.data.loader",
+    "load_scenario": "msmtrec.data.loader",
+    "load_split": "msmtrec.data.loader",
+    "write_split": "msmtrec.data.loader",
+    "ALIEXPRESS": "msmtrec.data.schema",
+    "FeatureSchema": "msmtrec.data.schema",
+    "aliexpress_schema": "msmtrec.data.schema",
+    "SynthConfig": "msmtrec.data.synth",
+    "generate": "msmtrec.data.synth",
+    "synthesize": "msmtrec.data.synth",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -1,21 +1,21 @@
 """Federation core: parameter groups, methods, strategies, conflict coordination, client runtime."""
 
-from msmtrec.federation.client import ClientRuntime, round_seed
-from msmtrec.federation.config import METHODS, FederationConfig, resolve_method
-from msmtrec.federation.groups import Group, ParameterGroups, Policy, classify
-from msmtrec.federation.strategy import AggregationError, ClientUpdate, Strategy
+from msmtrec._lazy import lazy_exports
 
-__all__ = [
-    "METHODS",
-    "AggregationError",
-    "ClientRuntime",
-    "ClientUpdate",
-    "FederationConfig",
-    "Group",
-    "ParameterGroups",
-    "Policy",
-    "Strategy",
-    "classify",
-    "resolve_method",
-    "round_seed",
-]
+_EXPORTS = {
+    "ClientRuntime": "msmtrec.federation.client",
+    "round_seed": "msmtrec.federation.client",
+    "METHODS": "msmtrec.federation.config",
+    "FederationConfig": "msmtrec.federation.config",
+    "resolve_experiment": "msmtrec.federation.config",
+    "resolve_method": "msmtrec.federation.config",
+    "Group": "msmtrec.federation.groups",
+    "ParameterGroups": "msmtrec.federation.groups",
+    "Policy": "msmtrec.federation.groups",
+    "classify": "msmtrec.federation.groups",
+    "AggregationError": "msmtrec.federation.strategy",
+    "ClientUpdate": "msmtrec.federation.strategy",
+    "Strategy": "msmtrec.federation.strategy",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

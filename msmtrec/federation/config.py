@@ -8,11 +8,13 @@ local regularizer) plus the model template it needs. The policy table of each me
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
-from msmtrec.federation.conflict import CaRescale, ConflictMode
 from msmtrec.federation.groups import Group, ParameterGroups, Policy
 from msmtrec.model.config import ModelConfig, preset
+
+ConflictMode = Literal["ca", "pcgrad", "none"]
+CaRescale = Literal["alpha", "alpha_sq", "none"]
 
 BASE_METHODS = ("local", "fedavg", "fedprox", "fedbn", "pfmsmtrec", "central")
 ABLATIONS = {

@@ -6,14 +6,11 @@ client-id order, and return one coordinated update (P,).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 from scipy.optimize import minimize
 
-ConflictMode = Literal["ca", "pcgrad", "none"]
-CaRescale = Literal["alpha", "alpha_sq", "none"]
+from msmtrec.federation.config import CaRescale, ConflictMode
 
 
 def conflict_averse_weights(gram: np.ndarray, c: float) -> np.ndarray:

@@ -13,8 +13,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # only for annotations: the table is imported by light-weight commands
+    import torch
 
 
 class Group(StrEnum):

@@ -16,15 +16,15 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
 from msmtrec.federation.config import FederationConfig, resolve_experiment
 from msmtrec.model.config import ModelConfig
-from msmtrec.model.mmoe import build_model
-from msmtrec.training.trainer import TrainConfig
+from msmtrec.training.config import TrainConfig
+
+if TYPE_CHECKING:  # settings models read the spec; keep torch out of their import
+    import torch
 
 SPEC_VERSION = 1
 
@@ -57,6 +57,8 @@ class FederationSpec:
 
     def initial_state(self) -> dict[str, torch.Tensor]:
         """The full initial state_dict every participant derives from the seed."""
+        from msmtrec.model.mmoe import build_model
+
         return build_model(self.schema, self.model_config(), self.seed).state_dict()
 
     # ------------------------------------------------------------------------ serialization

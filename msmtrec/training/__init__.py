@@ -1,13 +1,14 @@
 """Local training loop and metrics."""
 
-from msmtrec.training.metrics import evaluate_predictions, mean_auc, task_metrics
-from msmtrec.training.trainer import FitResult, TrainConfig, Trainer
+from msmtrec._lazy import lazy_exports
 
-__all__ = [
-    "FitResult",
-    "TrainConfig",
-    "Trainer",
-    "evaluate_predictions",
-    "mean_auc",
-    "task_metrics",
-]
+_EXPORTS = {
+    "evaluate_predictions": "msmtrec.training.metrics",
+    "mean_auc": "msmtrec.training.metrics",
+    "task_metrics": "msmtrec.training.metrics",
+    "FitResult": "msmtrec.training.trainer",
+    "TrainConfig": "msmtrec.training.trainer",
+    "Trainer": "msmtrec.training.trainer",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -12,12 +12,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import log_loss, roc_auc_score
 
 TaskMetrics = dict[str, Any]  # {"auc": float|None, "logloss": float, "n": int, "positives": int}
 
 
 def task_metrics(labels: np.ndarray, probs: np.ndarray) -> TaskMetrics:
+    from sklearn.metrics import log_loss, roc_auc_score  # seconds to import; only when used
+
     labels = np.asarray(labels).astype(np.int64)
     probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
     n, pos = len(labels), int(labels.sum())
