@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,21 +19,10 @@ from tqdm.auto import tqdm
 
 from msmtrec.data.dataset import ScenarioData
 from msmtrec.model.mmoe import MultiTaskMMoE
+from msmtrec.training.config import TrainConfig
 from msmtrec.training.metrics import TaskMetrics, evaluate_predictions
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    # Chosen on validation for the synthetic benchmark scale (tens of thousands of rows per
-    # scenario). MTReclib's full-AliExpress setting is lr 1e-3 with batch 2048.
-    lr: float = 3e-3
-    weight_decay: float = 1e-6
-    batch_size: int = 512
-    local_epochs: int = 1
-    eval_batch_size: int = 16384
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["FitResult", "TrainConfig", "Trainer"]
 
 
 @dataclass
