@@ -48,6 +48,11 @@ from scenario_client.state import LocalState, StateMeta
 
 log = logging.getLogger("scenario_client")
 
+
+class DataError(ClientError):
+    """The scenario's own data cannot be read; the message names file, row and column."""
+
+
 FATAL_REASONS = {"spec-mismatch", "signature-mismatch", "unknown-scenario", "wrong-scenario"}
 
 
@@ -135,9 +140,14 @@ class ScenarioClient:
         self.chunk_bytes = int(cfg.chunk_bytes) or (1 << 20)
         self.max_payload = int(cfg.max_payload_bytes)
         self.heartbeat_interval = max(0.2, cfg.heartbeat_interval_ms / 1000.0)
-        from msmtrec.data.loader import load_scenario
+        from msmtrec.data.loader import DataValidationError, load_scenario
 
-        splits = load_scenario(self.settings.data, self.scenario, spec.schema, spec.valid_fraction)
+        try:
+            splits = load_scenario(
+                self.settings.data, self.scenario, spec.schema, spec.valid_fraction
+            )
+        except (DataValidationError, FileNotFoundError) as exc:
+            raise DataError(f"cannot load this scenario's data: {exc}") from None
         self.runtime = ClientRuntime(
             self.scenario, splits, spec.model_config(), spec.federation(), spec.train, spec.seed
         )
@@ -446,6 +456,9 @@ class ScenarioClient:
         except Refused as exc:
             log.error("%s: the aggregator refused: %s", self.scenario, exc)
             return 1
+        except DataError as exc:  # retrying cannot help: exit 2 like a settings error
+            log.error("%s: %s", self.scenario, exc)
+            return 2
         except ClientError as exc:
             log.error("%s: %s", self.scenario, exc)
             return 1
