@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aggregator.federation import Federation
 from aggregator.metrics import FederationMetrics
 from msmtrec import __version__
+from msmtrec.http_limits import BoundedHttpToolsProtocol
 
 
 class StatusModel(BaseModel):
@@ -165,8 +166,9 @@ class StatusServer:
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
-        )
+            app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+            http=BoundedHttpToolsProtocol,
+        )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self._run, name="status-api", daemon=True)
         self.error: BaseException | None = None

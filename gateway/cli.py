@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from msmtrec.http_limits import BoundedHttpToolsProtocol
 
     settings = settings_from_args(args)
     logging.basicConfig(
@@ -58,6 +59,6 @@ def run(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,  # per-request log lines cost more than the forward at small batch
         loop="auto",  # uvloop when installed
-        http="auto",  # httptools when installed
+        http=BoundedHttpToolsProtocol,  # httptools, with a bound on the request head
     )
     return 0

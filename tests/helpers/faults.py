@@ -160,7 +160,21 @@ class FaultRun:
         for r in history:
             assert r["participants"], r
         self.assert_servable()
+        self.assert_nothing_leaked()
         return history
+
+    def assert_nothing_leaked(self) -> None:
+        """No token in any process log, history file or registry metadata, and no
+        traceback in any log: every fault above is handled, not crashed through."""
+        tokens = [self.fed.token_file(s).read_text().strip() for s in self.fed.scenarios]
+        files = [*self.processes.log_dir.glob("*.log"), *self.registry.rglob("metadata.json")]
+        files += list(self.fed.state_dir.glob("*.json"))
+        for path in files:
+            text = path.read_text(errors="replace")
+            for t in tokens:
+                assert t not in text, f"a bearer token appears in {path}"
+            if path.suffix == ".log":
+                assert "Traceback" not in text, f"{path.name} has a traceback:\n{text[-3000:]}"
 
     def assert_servable(self, scenarios: Sequence[str] | None = None) -> None:
         """Each scenario's LATEST version is the final one, loads, and predicts finite
