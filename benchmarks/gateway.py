@@ -222,17 +222,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gateway(
-    registry: Path, port: int, threads: int, workers: int, engine: str, nice: int = 0
-):
+def start_gateway(registry: Path, port: int, threads: int, workers: int, engine: str):
     cmd = [
         sys.executable, "-m", "msmtrec.cli", "gateway", "--registry", str(registry),
         "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
         "--workers", str(workers), "--engine", engine, "--log-level", "warning",
         "--max-batch", "1000",
     ]  # fmt: skip
-    if nice:  # scheduling priority of the server only, e.g. -5 on a host shared with batch jobs
-        cmd = ["nice", "-n", str(nice), *cmd]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -288,11 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="server inference threads")
     p.add_argument("--engine", choices=("compiled", "eager"), default="compiled")
     p.add_argument(
-        "--server-nice",
+        "--nice",
         type=int,
         default=0,
-        help="run the server under `nice -n N` (negative needs root): approximates a dedicated "
-        "machine when other jobs share the cores; reported in the results",
+        help="scheduling niceness of this process (load generator, bare forward) and of the "
+        "server, e.g. -10 (needs root): approximates dedicated cores when other jobs share "
+        "the machine; reported in the results",
     )
     p.add_argument("--max-seconds", type=float, default=60.0, help="cap per run")
     p.add_argument("--quick", action="store_true", help="smoke run: few requests, c=1,2")
@@ -306,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     header = machine()
     print(header)
+    if args.nice:
+        os.nice(args.nice)  # inherited by the server subprocess
 
     torch.set_num_threads(args.threads)
     model = build_model(ALIEXPRESS, preset(args.preset), seed=0).eval()
@@ -328,9 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         del served, compiled
 
         port = free_port()
-        proc = start_gateway(
-            registry, port, args.threads, args.workers, args.engine, args.server_nice
-        )
+        proc = start_gateway(registry, port, args.threads, args.workers, args.engine)
         runs: list[RunResult] = []
         try:
             cpu_server = {}
@@ -364,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {header}, at end {load_end:.2f} (other processes share the 2 cores; "
         "a load average above ~1 means the figures include their interference). "
-        + ("" if not args.server_nice else f"Server under `nice -n {args.server_nice}`. ")
+        + ("" if not args.nice else f"Server and load generator at niceness {args.nice}. ")
         + f"Server: `msmtrec gateway --threads {args.threads} "
         f"--workers {args.workers}`; load generator: {max(args.concurrency)} threads max in "
         "a separate process, raw-socket keep-alive HTTP/1.1, sharing the same cores.",
