@@ -41,6 +41,26 @@ def conflict_averse_weights(gram: np.ndarray, c: float) -> np.ndarray:
     return w / w.sum() if w.sum() > 0 else mean_w
 
 
+def conflict_averse_plan(gram: np.ndarray, alpha: float) -> tuple[float, np.ndarray | None]:
+    """From the Gram matrix A = G Gᵀ alone: ``c = α·sqrt(mean(A))`` and the simplex weights
+    w* (None when c = 0, where g is the plain mean). Split out so that the server can build A
+    block by block (msmtrec.federation.strategy) without holding G in one piece."""
+    g0 = float(np.sqrt(max(gram.mean(), 0.0) + 1e-16))
+    c = alpha * g0
+    if c <= 0.0:
+        return c, None
+    return c, conflict_averse_weights(gram, c)
+
+
+def rescale_divisor(alpha: float, rescale: CaRescale) -> float:
+    """What g is divided by: ``1+α`` ([chosen] default), ``1+α²`` (FedHCA²'s code) or 1."""
+    if rescale == "alpha":
+        return 1.0 + alpha
+    if rescale == "alpha_sq":
+        return 1.0 + alpha**2
+    return 1.0
+
+
 def conflict_averse_update(
     deltas: torch.Tensor, alpha: float = 0.4, rescale: CaRescale = "alpha"
 ) -> torch.Tensor:
@@ -53,18 +73,16 @@ def conflict_averse_update(
     """
     d = deltas.double()
     gram = (d @ d.T).numpy()
-    g0 = float(np.sqrt(max(gram.mean(), 0.0) + 1e-16))
-    c = alpha * g0
+    c, w_star = conflict_averse_plan(gram, alpha)
     mean = d.mean(dim=0)
-    if c <= 0.0:
+    if w_star is None:
         return mean.to(deltas.dtype)
-    w = torch.from_numpy(conflict_averse_weights(gram, c))
+    w = torch.from_numpy(w_star)
     gw = w @ d
     g = mean + (c / (float(gw.norm()) + 1e-16)) * gw
-    if rescale == "alpha":
-        g = g / (1.0 + alpha)
-    elif rescale == "alpha_sq":
-        g = g / (1.0 + alpha**2)
+    divisor = rescale_divisor(alpha, rescale)
+    if divisor != 1.0:
+        g = g / divisor
     return g.to(deltas.dtype)
 
 

@@ -19,22 +19,75 @@ The weights a and b are learned by a closed-form hyper-gradient in the next roun
 takes part in: the server's output θ_c^new is that round's θ_c^start, so
 diff_c = θ_c^new − θ_c^end = −Δ_c, and because θ^new is linear in the weight,
 ∂/∂a_{c,k} = ⟨g_k, diff_c⟩ and ∂/∂b_{c,l} = Σ_{tensors of l} ⟨attn_c D, diff_c⟩.
+
+Cost (benchmarks/aggregation.py, issue #6): the clients' deltas of the large tensors are
+never materialized all at once. They are formed block by block of columns (every client's
+slice of the same columns, a C × b float64 block of at most :data:`BLOCK_ELEMENTS`), and each
+block serves, in batched operations over clients, the sample-weighted mean (FedAvg), the
+conflict-averse Gram matrix A_k = G_k G_kᵀ (one matmul per block, accumulated in float64),
+the hyper-gradient of a and, in a second pass once w*_k is known, mean(Δ) and G w*. Working
+memory is O(C·b + P) instead of O(C·P), and only the Gram matmul grows faster than the
+number of clients (O(C²P) flops, a small share up to ~64 clients).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from msmtrec.federation.config import FederationConfig
-from msmtrec.federation.conflict import coordinate
+from msmtrec.federation.conflict import conflict_averse_plan, coordinate, rescale_divisor
 from msmtrec.federation.groups import ParameterGroups, Policy
 
 Tensors = dict[str, torch.Tensor]
+
+# Elements of one (clients × columns) float64 working block: 8 MB, so that forming a block,
+# widening it and the matmuls over it stay in the last-level cache, and memory does not grow
+# with clients × parameters.
+BLOCK_ELEMENTS = 1 << 20
+
+
+def _block_columns(clients: int) -> int:
+    return max(1024, BLOCK_ELEMENTS // max(clients, 1))
+
+
+def _column_blocks(numel: int, clients: int) -> Iterator[tuple[int, int]]:
+    step = _block_columns(clients)
+    for lo in range(0, numel, step):
+        yield lo, min(numel, lo + step)
+
+
+class _DeltaBlocks:
+    """Blocks of the clients' deltas Δ_c = θ_c^end − θ_c^start of one flat tensor slice, as a
+    (C × b) float64 matrix in client order, formed in buffers allocated once per pass.
+
+    Each delta is rounded to the tensors' dtype first (float32), exactly as
+    ``end − start`` would be, and only then widened."""
+
+    def __init__(self, clients: int, dtype: torch.dtype) -> None:
+        cols = _block_columns(clients)
+        self.narrow = torch.empty(clients, cols, dtype=dtype)
+        self.wide = torch.empty(clients, cols, dtype=torch.float64)
+
+    def block(
+        self, ends: Sequence[torch.Tensor], starts: Sequence[torch.Tensor], lo: int, hi: int
+    ) -> torch.Tensor:
+        cols = hi - lo
+        narrow = self.narrow[:, :cols]
+        if all(s is starts[0] for s in starts):  # one start for all (FedAvg'd tensors)
+            torch.stack([e[lo:hi] for e in ends], out=narrow)
+            narrow.sub_(starts[0][lo:hi])
+        else:
+            for i, (end, start) in enumerate(zip(ends, starts, strict=True)):
+                torch.sub(end[lo:hi], start[lo:hi], out=narrow[i])
+        wide = self.wide[:, :cols]
+        wide.copy_(narrow)
+        return wide
 
 
 @dataclass
@@ -49,6 +102,16 @@ class ClientUpdate:
 
 class AggregationError(ValueError):
     """An update that does not fit the federation (names, shapes, dtypes, values)."""
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or ±Inf: NaN propagates through min/max and ±Inf shows up in them, so one
+    allocation-free reduction pass decides (``torch.isfinite(t).all()`` writes a bool tensor
+    first and is ~30× slower on large tensors)."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t)
+    return math.isfinite(float(lo)) and math.isfinite(float(hi))
 
 
 def tower_layer(name: str) -> str:
@@ -90,7 +153,11 @@ class Strategy:
         return {n: (tuple(t.shape), t.dtype) for n, t in self.initial.items()}
 
     def payload(self, client_id: str) -> Tensors:
-        """θ_c^start: the shared tensors client ``client_id`` starts its next round from."""
+        """θ_c^start: the shared tensors client ``client_id`` starts its next round from.
+
+        These are the server's own tensors, not copies: the next :meth:`aggregate` that
+        includes the client overwrites its personalized ones in place (it saves a fresh
+        allocation per client and round). Copy what you keep across rounds."""
         mine = self.personal.get(client_id)
         out: Tensors = {}
         for n in self.names:
@@ -136,7 +203,7 @@ class Strategy:
                     f"client {update.client_id}: {n} has shape {tuple(t.shape)} {t.dtype}, "
                     f"expected {tuple(ref.shape)} {ref.dtype}"
                 )
-            if not torch.isfinite(t).all():
+            if not all_finite(t):
                 raise AggregationError(f"client {update.client_id}: {n} has NaN or Inf values")
 
     def aggregate(self, updates: Sequence[ClientUpdate]) -> dict[str, Tensors]:
@@ -152,58 +219,214 @@ class Strategy:
         updates = sorted(updates, key=lambda u: u.client_id)
         ids = [u.client_id for u in updates]
         starts = {cid: self.payload(cid) for cid in ids}
-        deltas = {
-            u.client_id: {n: u.params[n] - starts[u.client_id][n] for n in self.names}
-            for u in updates
-        }
-        if self.config.personalize:
-            self._hyper_step(ids, deltas)
-        new_global = self._fedavg(updates, deltas)
+        ends = {u.client_id: u.params for u in updates}
+        tower_deltas = {c: {n: ends[c][n] - starts[c][n] for n in self.tower_names} for c in ids}
+        fast_ca = self.config.conflict == "ca"
+        hyper = self.config.personalize and any(c in self.last_participants for c in ids)
+        grams, grad_a = (
+            self._expert_statistics(ids, starts, ends, hyper and fast_ca) if fast_ca else ({}, None)
+        )
+        if hyper:
+            if grad_a is None:  # other coordination modes: the reference path
+                grad_a = self._grad_a_reference(ids, starts, ends)
+            self._hyper_step(ids, grad_a, tower_deltas)
+        new_global = self._fedavg(updates, starts, ends)
         new_personal: dict[str, Tensors] = {
-            u.client_id: {n: u.params[n].clone() for n in self.expert_names + self.tower_names}
-            for u in updates
+            c: {n: ends[c][n].clone() for n in self.tower_names} for c in ids
         }
-        self.last_expert_update = self._personal_experts(ids, deltas, new_personal)
-        self.last_attention = self._personal_towers(ids, deltas, new_personal)
+        self.last_expert_update = self._personal_experts(ids, starts, ends, grams, new_personal)
+        self.last_attention = self._personal_towers(ids, tower_deltas, new_personal)
         self.global_params.update(new_global)
         self.personal.update(new_personal)
         self.last_participants = ids
         self.round += 1
         return {cid: self.payload(cid) for cid in ids}
 
-    def _fedavg(self, updates: Sequence[ClientUpdate], deltas: dict[str, Tensors]) -> Tensors:
-        total = sum(u.num_samples for u in updates)
-        out: Tensors = {}
-        for n in self.fedavg_names:
-            acc = torch.zeros_like(self.global_params[n], dtype=torch.float64)
-            for u in updates:
-                acc += (u.num_samples / total) * deltas[u.client_id][n].double()
-            out[n] = (self.global_params[n].double() + acc).to(self.global_params[n].dtype)
+    def _flat(
+        self, ids: list[str], source: dict[str, Tensors], name: str, k: int | None = None
+    ) -> list[torch.Tensor]:
+        """Every client's tensor ``name`` (its expert ``k`` slice) as a flat view; clients
+        that share one tensor (the global θ, or the initial one) share one view."""
+        views: dict[int, torch.Tensor] = {}
+        out = []
+        for c in ids:
+            t = source[c][name]
+            v = views.get(id(t))
+            if v is None:
+                v = views[id(t)] = (t if k is None else t[k]).reshape(-1)
+            out.append(v)
         return out
 
-    def _personal_experts(
-        self, ids: list[str], deltas: dict[str, Tensors], new: dict[str, Tensors]
+    def _expert_statistics(
+        self,
+        ids: list[str],
+        starts: dict[str, Tensors],
+        ends: dict[str, Tensors],
+        with_grad_a: bool,
+    ) -> tuple[dict[int, np.ndarray], torch.Tensor | None]:
+        """First pass over the expert deltas: the Gram matrix A_k = G_k G_kᵀ of every expert
+        (the conflict-averse QP needs nothing else) and, if asked, ∂L/∂a_{c,k} = −⟨g_k, Δ_c⟩
+        against last round's coordinated update (for every client of this round; only the
+        ones that were also in the last round use it)."""
+        grams = {k: torch.zeros(len(ids), len(ids), dtype=torch.float64)
+                 for k in range(self.num_experts)}  # fmt: skip
+        grad_a = torch.zeros(len(ids), self.num_experts, dtype=torch.float64)
+        blocks: _DeltaBlocks | None = None
+        for n in self.expert_names:
+            previous = self.last_expert_update.get(n) if with_grad_a else None
+            numel = self.initial[n][0].numel()
+            if blocks is None or blocks.narrow.dtype != self.initial[n].dtype:
+                blocks = _DeltaBlocks(len(ids), self.initial[n].dtype)
+            for k in range(self.num_experts):
+                e, s = self._flat(ids, ends, n, k), self._flat(ids, starts, n, k)
+                prev = previous[k].reshape(-1) if previous is not None else None
+                for lo, hi in _column_blocks(numel, len(ids)):
+                    d = blocks.block(e, s, lo, hi)
+                    grams[k].addmm_(d, d.T)
+                    if prev is not None:
+                        grad_a[:, k] -= d @ prev[lo:hi].double()
+        return {k: g.numpy() for k, g in grams.items()}, (grad_a if with_grad_a else None)
+
+    def _grad_a_reference(
+        self, ids: list[str], starts: dict[str, Tensors], ends: dict[str, Tensors]
+    ) -> torch.Tensor:
+        grad = torch.zeros(len(ids), self.num_experts, dtype=torch.float64)
+        for i, c in enumerate(ids):
+            delta = {n: ends[c][n] - starts[c][n] for n in self.expert_names}
+            grad[i] = torch.tensor(self._grad_a(delta), dtype=torch.float64)
+        return grad
+
+    def _fedavg(
+        self, updates: Sequence[ClientUpdate], starts: dict[str, Tensors], ends: dict[str, Tensors]
     ) -> Tensors:
-        if not self.expert_names:
-            return {}
+        """θ + Σ_c (n_c/N) Δ_c, accumulated in float64 block by block."""
+        total = sum(u.num_samples for u in updates)
+        ids = [u.client_id for u in updates]
+        weights = torch.tensor([u.num_samples / total for u in updates], dtype=torch.float64)
+        out: Tensors = {}
+        blocks: _DeltaBlocks | None = None
+        acc = torch.empty(_block_columns(len(ids)), dtype=torch.float64)
+        for n in self.fedavg_names:
+            current = self.global_params[n]
+            flat_out = torch.empty(current.numel(), dtype=current.dtype)
+            flat_cur = current.reshape(-1)
+            e, s = self._flat(ids, ends, n), self._flat(ids, starts, n)
+            if blocks is None or blocks.narrow.dtype != current.dtype:
+                blocks = _DeltaBlocks(len(ids), current.dtype)
+            for lo, hi in _column_blocks(current.numel(), len(ids)):
+                d = blocks.block(e, s, lo, hi)
+                a = acc[: hi - lo]
+                torch.mv(d.T, weights, out=a)
+                a.add_(flat_cur[lo:hi])
+                flat_out[lo:hi].copy_(a)
+            out[n] = flat_out.view_as(current)
+        return out
+
+    def _coordinated_ca(
+        self,
+        ids: list[str],
+        starts: dict[str, Tensors],
+        ends: dict[str, Tensors],
+        grams: dict[int, np.ndarray],
+    ) -> Tensors:
+        """Second pass: g_k = (mean(Δ) + c_k/‖G_k w*_k‖ · G_k w*_k) / divisor per expert, from
+        each expert's Gram matrix (conflict_averse_update's formula, laid out like the
+        tensors)."""
+        cfg = self.config
+        plans = {k: conflict_averse_plan(grams[k], cfg.ca_alpha) for k in range(self.num_experts)}
+        clients = len(ids)
+        # Rows [1/C, …] (the mean) and, where coordination applies, w*_k (G w*): one matmul
+        # over each block gives both.
+        rows = {
+            k: torch.stack(
+                [torch.full((clients,), 1.0 / clients, dtype=torch.float64)]
+                + ([torch.from_numpy(p[1])] if p[1] is not None else [])
+            )
+            for k, p in plans.items()
+        }
+        means: Tensors = {}
+        mixed: Tensors = {}
+        norm_sq = [0.0] * self.num_experts
+        blocks: _DeltaBlocks | None = None
+        for n in self.expert_names:
+            ref = self.initial[n]
+            numel = ref[0].numel()
+            both = torch.empty(self.num_experts, 2, numel, dtype=torch.float64)
+            if blocks is None or blocks.narrow.dtype != ref.dtype:
+                blocks = _DeltaBlocks(clients, ref.dtype)
+            for k in range(self.num_experts):
+                e, s = self._flat(ids, ends, n, k), self._flat(ids, starts, n, k)
+                r = rows[k]
+                for lo, hi in _column_blocks(numel, clients):
+                    d = blocks.block(e, s, lo, hi)
+                    torch.mm(r, d, out=both[k, : len(r), lo:hi])
+                if len(r) > 1:
+                    norm_sq[k] += float(both[k, 1] @ both[k, 1])
+            means[n], mixed[n] = both[:, 0], both[:, 1]
+        divisor = rescale_divisor(cfg.ca_alpha, cfg.ca_rescale)
+        update: Tensors = {}
+        for n in self.expert_names:
+            g = means[n]
+            for k, (c, w_star) in plans.items():
+                if w_star is None:
+                    continue
+                scale = c / (math.sqrt(norm_sq[k]) + 1e-16)
+                g[k] += scale * mixed[n][k]
+                if divisor != 1.0:
+                    g[k] /= divisor
+            update[n] = g.to(self.initial[n].dtype).reshape(self.initial[n].shape)
+        return update
+
+    def _coordinated_reference(
+        self, ids: list[str], starts: dict[str, Tensors], ends: dict[str, Tensors]
+    ) -> Tensors:
+        """Every other coordination mode: stack each expert's full deltas and call
+        :func:`coordinate` (memory O(C·P_k); these modes are ablations)."""
         cfg = self.config
         update: Tensors = {n: torch.zeros_like(self.initial[n]) for n in self.expert_names}
         for k in range(self.num_experts):
             stacked = torch.stack(
-                [torch.cat([deltas[c][n][k].reshape(-1) for n in self.expert_names]) for c in ids]
-            )
+                [
+                    torch.cat([(ends[c][n][k] - starts[c][n][k]).reshape(-1)
+                               for n in self.expert_names])
+                    for c in ids
+                ]
+            )  # fmt: skip
             g = coordinate(stacked, cfg.conflict, cfg.ca_alpha, cfg.ca_rescale)
             offset = 0
             for n in self.expert_names:
                 size = update[n][k].numel()
                 update[n][k] = g[offset : offset + size].view_as(update[n][k])
                 offset += size
+        return update
+
+    def _personal_experts(
+        self,
+        ids: list[str],
+        starts: dict[str, Tensors],
+        ends: dict[str, Tensors],
+        grams: dict[int, np.ndarray],
+        new: dict[str, Tensors],
+    ) -> Tensors:
+        if not self.expert_names:
+            return {}
+        cfg = self.config
+        if cfg.conflict == "ca":
+            update = self._coordinated_ca(ids, starts, ends, grams)
+        else:
+            update = self._coordinated_reference(ids, starts, ends)
         for c in ids:
             a = self.effective_a(c) if cfg.personalize else [cfg.init_weight] * self.num_experts
             scale = torch.tensor(a, dtype=torch.float32)
+            mine = self.personal.get(c, {})
             for n in self.expert_names:
                 shape = (-1,) + (1,) * (update[n].dim() - 1)
-                new[c][n] = new[c][n] + scale.view(shape) * update[n]
+                # θ_end + a_c·g in one pass, written over the client's previous θ^start when
+                # the server owns one (every pass that reads it is done): fresh memory for a
+                # 36 MB tensor costs more in page faults than the arithmetic itself
+                old = mine.get(n)
+                out = old if old is not None and old is not self.initial[n] else None
+                new[c][n] = torch.addcmul(ends[c][n], scale.view(shape), update[n], out=out)
         return update
 
     def _personal_towers(
@@ -227,6 +450,9 @@ class Strategy:
         self, client_id: str, delta: Tensors
     ) -> tuple[list[float], dict[str, float]]:
         """∂L/∂â_{c,k} and ∂L/∂b̂_{c,l} at last round's output, with diff_c = −Δ_c."""
+        return self._grad_a(delta), self._grad_b(client_id, delta)
+
+    def _grad_a(self, delta: Mapping[str, torch.Tensor]) -> list[float]:
         grad_a = [0.0] * self.num_experts
         for n in self.expert_names:
             g = self.last_expert_update.get(n)
@@ -234,21 +460,29 @@ class Strategy:
                 continue
             for k in range(self.num_experts):
                 grad_a[k] -= float((g[k].double() * delta[n][k].double()).sum())
+        return grad_a
+
+    def _grad_b(self, client_id: str, delta: Mapping[str, torch.Tensor]) -> dict[str, float]:
         grad_b = {layer: 0.0 for layer in self.tower_layers}
         mixed = self.last_attention.get(client_id, {})
         for n in self.tower_names:
             if n in mixed:
                 grad_b[tower_layer(n)] -= float((mixed[n].double() * delta[n].double()).sum())
-        return grad_a, grad_b
+        return grad_b
 
-    def _hyper_step(self, ids: list[str], deltas: dict[str, Tensors]) -> None:
+    def _hyper_step(
+        self, ids: list[str], grads_a: torch.Tensor, tower_deltas: dict[str, Tensors]
+    ) -> None:
         """One SGD step (momentum, weight decay) on a and b for the clients that were also in
-        the previous round (only they received the output being judged)."""
+        the previous round (only they received the output being judged). ``grads_a`` holds
+        ∂L/∂a (clients in ``ids`` order × experts), computed batched over clients in the
+        expert pass; ∂L/∂b comes from the (small) tower deltas."""
         cfg = self.config
-        for c in ids:
+        for i, c in enumerate(ids):
             if c not in self.last_participants:
                 continue
-            grad_a, grad_b = self.hyper_gradients(c, deltas[c])
+            grad_a = [float(v) for v in grads_a[i]]
+            grad_b = self._grad_b(c, tower_deltas[c])
             a, ma = self._weights_a(c), self.a_momentum[c]
             for k in range(self.num_experts):
                 step = grad_a[k] + cfg.hyper_weight_decay * a[k]
