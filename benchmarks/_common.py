@@ -25,6 +25,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+# What msmtrec/__init__.py sets for every msmtrec process, set here too so that it holds
+# before any benchmark imports torch (OpenMP reads it once, when torch loads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 RESULTS = REPO / "benchmarks" / "results" / "performance.md"
 
 

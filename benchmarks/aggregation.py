@@ -6,8 +6,12 @@
 The server's state is the ``paper`` preset's shared tensors (W_G, W_S, tower Linear layers:
 20.0 M float32 = 80 MB per client); client updates are generated (start + seeded noise of a
 training-like scale), no training. Round 1 has no hyper-gradient step (nothing to judge yet),
-so the figure is the median over the rounds after it; each round's updates are generated
-before the clock starts and dropped after it (at 64 clients they alone are 5 GB).
+so the figures are medians over the rounds after it; each round's updates are generated
+before the clock starts and dropped after it (at 64 clients they alone are 5 GB). The sizes
+alternate within every round (rotating order), so a burst of load from other processes hits
+all of them alike, and both wall and CPU time are reported: the aggregation is
+single-threaded at ``--threads 1``, so its CPU time is its work, much less disturbed by other
+processes than its wall time.
 
 For a fixed model the work is linear in clients except the Gram matrix of the
 conflict-averse step, C×C per expert, which is O(C²·P). The benchmark fits
@@ -68,95 +72,103 @@ def fit_exponent(xs: list[int], ys: list[float]) -> float:
     return float(k)
 
 
-def run_size(
-    init: dict[str, torch.Tensor], clients: int, rounds: int, profile: bool
-) -> tuple[list[float], float, float, str]:
-    """(seconds of rounds 2.., seconds of round 1, peak extra bytes, profile text)."""
-    strategy = Strategy(resolve_method("pfmsmtrec"), init)
-    times: list[float] = []
-    first = math.nan
-    peak = 0
+def timed_aggregate(
+    strategy: Strategy, clients: int, round_number: int, profile: bool
+) -> tuple[float, float, int, str]:
+    """(wall s, CPU s, peak extra bytes, profile text) of one aggregate; its updates are
+    generated before the clock starts and dropped after it."""
+    updates = make_updates(strategy, clients, round_number)
+    gc.collect()
+    before = C.rss_bytes()
+    C.reset_peak_rss()
+    prof = cProfile.Profile() if profile else None
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    if prof is not None:
+        prof.enable()
+    strategy.aggregate(updates)
+    if prof is not None:
+        prof.disable()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    peak = C.peak_rss_bytes() - before
+    del updates
+    gc.collect()
     text = ""
-    for r in range(1, rounds + 1):
-        updates = make_updates(strategy, clients, r)
-        gc.collect()
-        before = C.rss_bytes()
-        C.reset_peak_rss()
-        prof = cProfile.Profile() if profile and r == rounds else None
-        t0 = time.perf_counter()
-        if prof is not None:
-            prof.enable()
-        strategy.aggregate(updates)
-        if prof is not None:
-            prof.disable()
-        dt = time.perf_counter() - t0
-        peak = max(peak, C.peak_rss_bytes() - before)
-        if r == 1:
-            first = dt
-        else:
-            times.append(dt)
-        del updates
-        if prof is not None:
-            s = io.StringIO()
-            pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(12)
-            text = s.getvalue()
-    return times, first, peak, text
+    if prof is not None:
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
+        text = out.getvalue()
+    return wall, cpu, peak, text
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[4, 16, 64])
     p.add_argument("--preset", choices=("paper", "small"), default="paper")
-    p.add_argument("--rounds", type=int, default=3, help="rounds per size (the first untimed)")
+    p.add_argument("--rounds", type=int, default=4, help="rounds per size (the first apart)")
     p.add_argument("--profile", action="store_true", help="cProfile one aggregate (largest C)")
-    C.add_common_flags(p)
+    C.add_common_flags(p, threads=1)
     args = p.parse_args(argv)
     if args.quick:
         args.clients, args.preset, args.rounds = [2, 4], "small", 2
     threads = C.pin_threads(args.threads)
     report = C.Report("Aggregation scaling (benchmark 4)", "aggregation.py", argv, threads)
     init = initial_state(args.preset)
-    strategy = Strategy(resolve_method("pfmsmtrec"), init)
-    shared = sum(init[n].numel() for n in strategy.names)
+    sizes = sorted(args.clients)
+    strategies = {c: Strategy(resolve_method("pfmsmtrec"), init) for c in sizes}
+    one = strategies[sizes[0]]
+    shared = sum(init[n].numel() for n in one.names)
     report.add(
         f"pfmsmtrec Strategy.aggregate, {args.preset} preset: {shared / 1e6:.2f} M shared "
-        f"float32 per client ({shared * 4 / 1e6:.0f} MB: W_G {len(strategy.fedavg_names)}, "
-        f"W_S {len(strategy.expert_names)}, tower {len(strategy.tower_names)} tensors; "
-        f"{strategy.num_experts} experts). Generated updates; median over rounds 2–"
-        f"{args.rounds} (round 1, without the hyper-gradient step, shown apart).",
+        f"float32 per client ({shared * 4 / 1e6:.0f} MB: W_G {len(one.fedavg_names)}, "
+        f"W_S {len(one.expert_names)}, tower {len(one.tower_names)} tensors; "
+        f"{one.num_experts} experts). Generated updates; medians over rounds 2–{args.rounds} "
+        "(round 1, without the hyper-gradient step, shown apart); sizes alternated.",
         "",
     )
-    del strategy
-    rows, xs, ys = [], [], []
+    wall: dict[int, list[float]] = {c: [] for c in sizes}
+    cpu: dict[int, list[float]] = {c: [] for c in sizes}
+    first: dict[int, float] = {}
+    peak: dict[int, int] = dict.fromkeys(sizes, 0)
     profile_text = ""
-    for c in sorted(args.clients):
-        times, first, peak, text = run_size(
-            init, c, args.rounds, args.profile and c == max(args.clients)
-        )
-        profile_text = text or profile_text
-        med = C.median(times)
-        xs.append(c)
-        ys.append(med)
+    for r in range(1, args.rounds + 1):
+        shift = (r - 1) % len(sizes)
+        for c in sizes[shift:] + sizes[:shift]:
+            prof = args.profile and r == args.rounds and c == sizes[-1]
+            w, u, pk, text = timed_aggregate(strategies[c], c, r, prof)
+            profile_text = text or profile_text
+            peak[c] = max(peak[c], pk)
+            if r == 1:
+                first[c] = w
+            else:
+                wall[c].append(w)
+                cpu[c].append(u)
+            print(f"  round {r}, {c} clients: {w:.3f} s wall, {u:.3f} s CPU", flush=True)
+    rows = []
+    for c in sizes:
+        med = C.median(wall[c])
         rows.append(
-            (c, C.spread(times), f"{first:.3g} s", f"{med / c * 1e3:.1f} ms",
-             f"{c * shared * 4 / med / 1e9:.2f} GB/s", f"{peak / 2**20:,.0f} MiB"),
+            (c, C.spread(wall[c]), C.spread(cpu[c]), f"{first[c]:.3g} s",
+             f"{C.median(cpu[c]) / c * 1e3:.1f} ms", f"{c * shared * 4 / med / 1e9:.2f} GB/s",
+             f"{peak[c] / 2**20:,.0f} MiB"),
         )  # fmt: skip
-        print(f"  {c} clients: {med:.3f} s", flush=True)
-        gc.collect()
     report.table(
-        ("clients", "aggregate, rounds ≥ 2", "round 1", "per client", "input rate",
-         "peak extra memory"),
+        ("clients", "wall, rounds ≥ 2", "CPU, rounds ≥ 2", "round 1 wall", "CPU per client",
+         "input rate (wall)", "peak extra memory"),
         rows,
     )  # fmt: skip
-    k = fit_exponent(xs, ys)
-    pairs = [
-        f"{ys[i + 1] / ys[i]:.2f}× for {xs[i + 1] / xs[i]:g}× clients" for i in range(len(xs) - 1)
-    ]
-    report.add(
-        "",
-        f"Fitted exponent (time ∝ clients^k, least squares on log-log): **k = {k:.2f}** "
-        f"(target ≤ 1: {'met' if k <= 1.0 else 'MISSED'}); step ratios: {', '.join(pairs)}.",
-    )
+    report.add("")
+    for label, series in (("CPU time", cpu), ("wall time", wall)):
+        ys = [C.median(series[c]) for c in sizes]
+        k = fit_exponent(sizes, ys)
+        steps = ", ".join(
+            f"{ys[i + 1] / ys[i]:.2f}× for {sizes[i + 1] / sizes[i]:g}× clients"
+            for i in range(len(sizes) - 1)
+        )
+        verdict = "n/a" if math.isnan(k) else ("met" if k <= 1.0 else "MISSED")
+        report.add(
+            f"- {label}: fitted exponent (time ∝ clients^k, least squares on log-log) "
+            f"**k = {k:.2f}** (target ≤ 1: {verdict}); step ratios: {steps or 'n/a'}."
+        )
     if profile_text:
         report.add("", "cProfile of one aggregate at the largest size (top by own time):", "")
         report.add("```", *[ln for ln in profile_text.strip().splitlines() if ln.strip()], "```")
