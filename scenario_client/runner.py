@@ -152,9 +152,7 @@ class ScenarioClient:
             self.scenario, splits, spec.model_config(), spec.federation(), spec.train, spec.seed
         )
         self.signature = signature_of(self.runtime.shared_state(), self.runtime.sent_names)
-        # torch's first optimizer construction imports torch._dynamo (seconds of CPU); pay
-        # that before joining, not inside round 1 while the others wait.
-        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        # (No optimizer warm-up: the Trainer's fused Adam does not import torch._dynamo.)
         self.meta = StateMeta(self.scenario, self.spec_digest)
         restored = self.state.load(self.scenario, self.spec_digest)
         if restored is not None:
