@@ -118,13 +118,13 @@ def test_client_that_joins_and_never_submits(make_run):
         rounds=2,
         train_rows=600,
         min_clients=2,
-        start_wait_seconds=0,
+        start_wait_seconds=90,  # round 1 waits until all four joined (then opens at once)
         round_deadline_seconds=deadline,
         heartbeat_interval_seconds=1,
         heartbeat_patience=3,
     )
     agg = run.aggregator(exit_when_done=False)
-    hung = run.client("S2", name="S2-hung", pause="client.train:1")
+    hung = run.client("S2", name="S2-hung", pause="client.train")
     workers = [run.client(s) for s in ("S0", "S1")]
     wait_until(lambda: run.status()["joined"] == ["S0", "S1", "S2"], START,
                "S0, S1 and S2 to join", 0.2, run.processes.logs)  # fmt: skip
@@ -138,7 +138,7 @@ def test_client_that_joins_and_never_submits(make_run):
             metadata=md,
             timeout=10,
         )
-    run.wait_paused(hung, "client.train:1")
+    run.wait_paused(hung, "client.train")
     for w in workers:
         assert w.wait(START) == 0, run.processes.logs()
     rounds = httpx.get(run.fed.url("/v1/rounds"), timeout=5).json()
