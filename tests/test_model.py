@@ -82,3 +82,43 @@ def test_invalid_config_is_rejected():
         preset("small", template="fourway")
     with pytest.raises(ValueError, match="unknown preset"):
         preset("huge")
+
+
+def test_training_template_sum_is_bit_identical_and_refuses_a_stale_graph(monkeypatch):
+    """The training-time W_G + W_S + W_T sum (reused buffers, custom backward) gives exactly
+    the outputs and gradients of the plain expression, step after step, and a graph whose
+    sum was overwritten by a later forward fails instead of using it."""
+    import copy
+
+    import msmtrec.model.mmoe as mmoe
+
+    g = torch.Generator().manual_seed(0)
+    fast = build_model(ALIEXPRESS, preset("small"), seed=0).train()
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=g))  # W_S, W_T away from zero
+    plain = copy.deepcopy(fast)
+    cat, num = _batch(64)
+    y = (torch.rand(64, 2, generator=g) < 0.3).float()
+
+    def step(model):
+        torch.manual_seed(1)  # same dropout masks
+        out = model(cat, num)
+        model.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(out, y).backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ref_out, ref_grads = None, None
+    with monkeypatch.context() as m:
+        m.setattr(
+            mmoe._AdditiveTemplate, "apply", staticmethod(lambda w, s, t, _: (w + s)[:, None] + t)
+        )
+        ref_out, ref_grads = step(plain)
+    for _ in range(2):  # the second step reuses the buffers
+        out, grads = step(fast)
+        assert torch.equal(out, ref_out)
+        assert all(torch.equal(grads[n], ref_grads[n]) for n in ref_grads)
+    first = fast(cat, num).sum()
+    fast(cat, num)  # overwrites the sum the first graph saved
+    with pytest.raises(RuntimeError, match=r"modified by an inplace operation|has been modified"):
+        first.backward()

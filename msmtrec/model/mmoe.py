@@ -18,6 +18,7 @@ Parameter names are part of the wire contract: the parameter-group table
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -65,9 +66,23 @@ class TemplatedExpertLayer(nn.Module):
             w = self.weight_s.unsqueeze(1) + self.weight_t
             b = self.bias_s.unsqueeze(1) + self.bias_t
             return w, b
-        shared_w = (self.weight_g + self.weight_s).unsqueeze(1)
         shared_b = (self.bias_g + self.bias_s).unsqueeze(1)
-        return shared_w + self.weight_t, shared_b + self.bias_t
+        if torch.is_grad_enabled() and self.weight_t.requires_grad:
+            w = _AdditiveTemplate.apply(
+                self.weight_g, self.weight_s, self.weight_t, self._buffers_for_sum
+            )
+        else:
+            w = (self.weight_g + self.weight_s).unsqueeze(1) + self.weight_t
+        return w, shared_b + self.bias_t
+
+    @property
+    def _buffers_for_sum(self) -> _SumBuffers:
+        """Work buffers of the training-time template sum, made on first use (not state:
+        never saved, never sent)."""
+        bufs = self.__dict__.get("_sum_buffers")
+        if bufs is None or not bufs.fits(self.weight_t):
+            bufs = self.__dict__["_sum_buffers"] = _SumBuffers(self.weight_t)
+        return bufs
 
     def forward(self, x: torch.Tensor, shared_input: bool) -> torch.Tensor:
         """``x`` is (B, in) when ``shared_input`` (the first layer: every expert and view reads
@@ -82,6 +97,48 @@ class TemplatedExpertLayer(nn.Module):
             b.reshape(kv, 1, self.out_dim), xs, w.reshape(kv, self.out_dim, self.in_dim).mT
         )  # (KV, B, out)
         return out.transpose(0, 1).reshape(batch, kv * self.out_dim)
+
+
+class _SumBuffers:
+    """Memory the additive template sum writes into, step after step: W_G + W_S (K, out, in)
+    and the effective weight (K, V, out, in). Allocating the latter afresh every step costs
+    more than the sum itself (the kernel maps and zero-fills ~70 MB of new pages per step
+    on the ``paper`` preset)."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        k, _views, out_dim, in_dim = like.shape
+        self.shared = torch.empty(k, out_dim, in_dim, dtype=like.dtype, device=like.device)
+        self.full = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+
+    def fits(self, like: torch.Tensor) -> bool:
+        return (
+            self.full.shape == like.shape
+            and self.full.dtype == like.dtype
+            and self.full.device == like.device
+        )
+
+
+class _AdditiveTemplate(torch.autograd.Function):
+    """``(W_G + W_S)[:, None] + W_T`` for training, summed into the layer's reused buffers.
+
+    The result is a fresh view of the buffer each step; the buffer's version counter is
+    bumped by every write, so a graph whose backward still needs an older sum fails loudly
+    instead of using the overwritten one. Backward: ∂W_T = ∂W, ∂W_G = ∂W_S = Σ_v ∂W[:, v].
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, g: torch.Tensor, s: torch.Tensor, t: torch.Tensor, bufs: _SumBuffers
+    ) -> torch.Tensor:
+        torch.add(g, s, out=bufs.shared)
+        torch.add(bufs.shared.unsqueeze(1), t, out=bufs.full)
+        return bufs.full.view(bufs.full.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        # Two views (ctr, ctcvr): one add, not a zero-filled reduction (same sum, a + b).
+        shared = torch.add(grad[:, 0], grad[:, 1]) if grad.shape[1] == 2 else grad.sum(1)
+        return shared, shared, grad, None
 
 
 def _linear_init(k: int, out_dim: int, in_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
