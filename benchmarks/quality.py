@@ -149,6 +149,77 @@ def per_scenario(results: list[dict], shift: str, methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def paired(results: list[dict], shifts: list[str], methods: list[str], ref: str) -> str:
+    """``ref`` minus each method, per seed (same data, same seed), then mean ± std: the
+    between-seed spread of the data cancels, so these differences are the sharper read."""
+    tasks = list(next(iter(results[0]["test"].values())).keys())
+    index = {(r["method"], r["shift"], r["seed"]): r for r in results}
+    head = "| " + ref + " minus | " + " | ".join(f"{s} {t}" for s in shifts for t in tasks) + " |"
+    lines = [head, "|---" * (1 + len(shifts) * len(tasks)) + "|"]
+    for m in methods:
+        if m == ref:
+            continue
+        cells = []
+        for s in shifts:
+            for t in tasks:
+                diffs = []
+                for (mm, ss, seed), r in index.items():
+                    other = index.get((ref, ss, seed))
+                    if mm != m or ss != s or other is None:
+                        continue
+                    a, b = _macro(other["test"], t), _macro(r["test"], t)
+                    if a is not None and b is not None:
+                        diffs.append(a - b)
+                wins = sum(d > 0 for d in diffs)
+                cells.append(f"{_fmt_signed(diffs)} ({wins}/{len(diffs)})" if diffs else "n/a")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt_signed(vals: list[float]) -> str:
+    if len(vals) == 1:
+        return f"{vals[0]:+.4f}"
+    return f"{statistics.mean(vals):+.4f} ± {statistics.stdev(vals):.4f}"
+
+
+def render(results: list[dict], meta: dict) -> str:
+    shifts, methods = meta["shifts"], meta["methods"]
+    report = [
+        "# Quality benchmark: test AUC on synthetic AliExpress-schema data",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}; machine: {meta['machine']}; wall time {meta['minutes']:.1f} min.  ",
+        f"Data: {meta['scenarios']} scenarios × {meta['rows']} training rows (last 10 % = "
+        f"validation) and {meta['rows'] // 2} test rows, concept shift low = {SHIFTS['low']}, "
+        f"high = {SHIFTS['high']}; preset `{meta['preset']}`, {meta['rounds']} rounds × 1 local "
+        f"epoch, Adam lr {meta['lr']}, batch {meta['batch_size']}; seeds {meta['seeds']} (data "
+        "and model).  ",
+        "Each cell: mean ± std over seeds of the macro mean over scenarios of the test AUC, at "
+        "the round selected by mean validation AUC.",
+        "",
+        summarize(results, shifts, methods),
+        "",
+    ]
+    if "pfmsmtrec" in methods and len(methods) > 1:
+        report += [
+            "## Paired differences: pfmsmtrec minus each method",
+            "",
+            "Per seed (same data and seed for both), then mean ± std over seeds; in brackets, "
+            "the seeds on which pfmsmtrec is ahead. Positive: pfmsmtrec is better.",
+            "",
+            paired(results, shifts, methods, "pfmsmtrec"),
+            "",
+        ]
+    for shift in shifts:
+        report += [
+            f"## Per scenario, {shift} shift (mean over seeds)",
+            "",
+            per_scenario(results, shift, methods),
+            "",
+        ]
+    return "\n".join(report)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -164,7 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-cache", type=Path, default=ROOT / "runs" / "bench-data")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.md")
     p.add_argument("--quick", action="store_true", help="tiny grid for a smoke test")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="re-render the Markdown from the JSON next to --out, no training",
+    )
     args = p.parse_args(argv)
+    if args.report_only:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        args.out.write_text(render(saved["results"], saved["meta"]))
+        print(f"wrote {args.out}")
+        return 0
     if args.quick:
         args.methods, args.seeds, args.rows, args.rounds = ["fedavg", "pfmsmtrec"], [0], 2000, 2
         args.shifts, args.scenarios = ["low"], 2
@@ -197,34 +278,28 @@ def main(argv: list[str] | None = None) -> int:
 
     table = summarize(results, args.shifts, args.methods)
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    report = [
-        "# Quality benchmark: test AUC on synthetic AliExpress-schema data",
-        "",
-        f"Command: `{command.strip()}`  ",
-        f"Date: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}; machine: {os.cpu_count()} cores, "
-        f"{mem_gb:.0f} GiB, {platform.machine()}, load average {os.getloadavg()[0]:.1f}; "
-        f"wall time {elapsed / 60:.1f} min.  ",
-        f"Data: {args.scenarios} scenarios × {args.rows} training rows (last 10 % = validation) "
-        f"and {args.rows // 2} test rows, concept shift low = {SHIFTS['low']}, high = "
-        f"{SHIFTS['high']}; preset `{args.preset}`, {args.rounds} rounds × 1 local epoch, "
-        f"Adam lr {args.lr}, batch {args.batch_size}; seeds {args.seeds} (data and model).  ",
-        "Each cell: mean ± std over seeds of the macro mean over scenarios of the test AUC, at "
-        "the round selected by mean validation AUC.",
-        "",
-        table,
-        "",
-    ]
-    for shift in args.shifts:
-        report += [
-            f"## Per scenario, {shift} shift (mean over seeds)",
-            "",
-            per_scenario(results, shift, args.methods),
-            "",
-        ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": command.strip(),
+        "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}",
+        "machine": f"{os.cpu_count()} cores, {mem_gb:.0f} GiB, {platform.machine()}, "
+        f"load average {os.getloadavg()[0]:.1f}",
+        "minutes": elapsed / 60,
+        "shifts": args.shifts,
+        "methods": args.methods,
+        "seeds": args.seeds,
+        "rows": args.rows,
+        "scenarios": args.scenarios,
+        "rounds": args.rounds,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "preset": args.preset,
+    }
     if not args.quick:
-        args.out.write_text("\n".join(report))
-        args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(render(results, meta))
+        args.out.with_suffix(".json").write_text(
+            json.dumps({"meta": meta, "results": results}, indent=1)
+        )
         print(f"wrote {args.out}")
     print("\n" + table)
     return 0
