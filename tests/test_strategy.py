@@ -230,8 +230,9 @@ def test_aggregation_never_touches_what_stays_on_the_client(small_splits):
 
 def test_blockwise_coordination_matches_the_stacked_reference(monkeypatch):
     """The server forms the expert deltas block by block (bounded memory, batched over
-    clients); the result equals coordinate() on each expert's fully stacked deltas, and the
-    batched hyper-gradient equals hyper_gradients() client by client."""
+    clients); the result equals coordinate() on each expert's fully stacked deltas (to
+    float32 rounding), and the batched hyper-gradient equals hyper_gradients() client by
+    client."""
     import msmtrec.federation.strategy as st
 
     monkeypatch.setattr(st, "BLOCK_ELEMENTS", 4096)  # many blocks per expert tensor
@@ -245,7 +246,10 @@ def test_blockwise_coordination_matches_the_stacked_reference(monkeypatch):
     fast = s._coordinated_ca(ids, starts, ends, grams)
     reference = s._coordinated_reference(ids, starts, ends)
     for n in s.expert_names:
-        torch.testing.assert_close(fast[n], reference[n], rtol=1e-6, atol=1e-9)
+        # the Gram matrix is a float32 product (float64 across column blocks): g agrees with
+        # the all-float64 reference to float32 rounding of its largest entries
+        scale = float(reference[n].abs().max())
+        torch.testing.assert_close(fast[n], reference[n], rtol=1e-5, atol=1e-6 * scale)
     for i, c in enumerate(ids):
         delta = {n: ends[c][n] - starts[c][n] for n in s.names}
         expected = s.hyper_gradients(c, delta)[0]
