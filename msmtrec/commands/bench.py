@@ -30,6 +30,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway.py", "prediction latency/throughput over HTTP vs the bare forward"),
 }
 TIMEOUT = {False: 3 * 3600.0, True: 600.0}  # seconds per benchmark: full, quick
+# Runs of one benchmark in a full (not --quick) invocation: the gateway's figures exist for
+# both presets (its own results file), every other script covers its sizes in one run.
+VARIANTS: dict[str, list[list[str]]] = {"gateway": [["--preset", "small"], ["--preset", "paper"]]}
 
 
 def benchmarks_dir() -> Path:
@@ -63,8 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _command(script: Path, args: argparse.Namespace, gateway_out: Path | None) -> list[str]:
-    cmd = [sys.executable, str(script)]
+def _command(
+    script: Path, args: argparse.Namespace, gateway_out: Path | None, variant: list[str]
+) -> list[str]:
+    cmd = [sys.executable, str(script), *variant]
     if args.quick:
         cmd.append("--quick")
     if script.name == "gateway.py":
@@ -90,20 +95,27 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="msmtrec-bench-") as tmp:
         for name in names:
             script = root / BENCHMARKS[name][0]
-            gateway_out = Path(tmp) / "gateway.md" if name == "gateway" else None
-            cmd = _command(script, args, gateway_out)
-            print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
-            start = time.perf_counter()
-            try:
-                code = subprocess.run(cmd, cwd=root.parent, timeout=TIMEOUT[args.quick]).returncode
-            except subprocess.TimeoutExpired:
-                code = -1
-                print(f"{name}: timed out after {TIMEOUT[args.quick]:.0f} s")
-            print(f"=== {name}: exit {code} after {time.perf_counter() - start:.0f} s", flush=True)
-            if code != 0:
-                failed.append(name)
-            elif gateway_out is not None and gateway_out.is_file() and not args.quick:
-                _file_gateway_results(gateway_out.read_text(), root / "results", args.out)
+            variants = [[]] if args.quick else VARIANTS.get(name, [[]])
+            for variant in variants:
+                gateway_out = Path(tmp) / "gateway.md" if name == "gateway" else None
+                if gateway_out is not None and gateway_out.exists():
+                    gateway_out.unlink()
+                cmd = _command(script, args, gateway_out, variant)
+                print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
+                start = time.perf_counter()
+                try:
+                    code = subprocess.run(
+                        cmd, cwd=root.parent, timeout=TIMEOUT[args.quick]
+                    ).returncode
+                except subprocess.TimeoutExpired:
+                    code = -1
+                    print(f"{name}: timed out after {TIMEOUT[args.quick]:.0f} s")
+                seconds = time.perf_counter() - start
+                print(f"=== {name}: exit {code} after {seconds:.0f} s", flush=True)
+                if code != 0:
+                    failed.append(" ".join([name, *variant]))
+                elif gateway_out is not None and gateway_out.is_file() and not args.quick:
+                    _file_gateway_results(gateway_out.read_text(), root / "results", args.out)
     if failed:
         print(f"\nfailed: {', '.join(failed)}")
         return 1
