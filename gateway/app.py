@@ -30,6 +30,7 @@ from gateway.metrics import UNKNOWN, GatewayMetrics
 from gateway.settings import GatewaySettings
 from gateway.store import ModelStore, ServingModel
 from gateway.watcher import RegistryWatcher
+from msmtrec.data.schema import FeatureSchema
 from msmtrec.registry import ModelRegistry
 
 log = logging.getLogger("msmtrec.gateway")
@@ -104,6 +105,53 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def predict_openapi(schema: FeatureSchema, max_batch: int) -> dict[str, Any]:
+    """OpenAPI for the predict route. The body is parsed by hand on the hot path (no pydantic
+    model per instance), so its schema is declared here, from the feature schema."""
+    props: dict[str, Any] = {c: {"type": "integer", "minimum": 0} for c in schema.categorical}
+    props.update({c: {"type": "number"} for c in schema.numerical})
+    instance = {"type": "object", "properties": props, "required": list(props)}
+    example = {c: 0 for c in schema.categorical} | {c: 0.0 for c in schema.numerical}
+    body = {
+        "type": "object",
+        "required": ["instances"],
+        "properties": {
+            "instances": {"type": "array", "items": instance, "minItems": 1,
+                          "maxItems": max_batch},
+        },
+    }  # fmt: skip
+    error = {"content": {JSON: {"schema": {"type": "object"}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {JSON: {"schema": body, "example": {"instances": [example]}}},
+        },
+        "responses": {
+            "200": {
+                "description": "probabilities per task, in instance order",
+                "content": {
+                    JSON: {
+                        "example": {
+                            "scenario": "NL",
+                            "model_version": "v000005-r00005-619f66de",
+                            "predictions": {t: [0.0312] for t in schema.tasks},
+                        }
+                    }
+                },
+            },
+            "404": {"description": "unknown scenario (the known ones are listed)", **error},
+            "413": {"description": "body larger than the configured limit", **error},
+            "422": {
+                "description": "a missing feature, a wrong type or too many instances; "
+                "the message names the field and the instance",
+                **error,
+            },
+            "431": {"description": "request headers larger than 64 KiB", **error},
+            "503": {"description": "the scenario is published but no model is loaded yet", **error},
+        },
+    }
+
+
 def create_app(settings: GatewaySettings) -> FastAPI:
     """A gateway app over ``settings.registry``; the watcher starts with the app's lifespan."""
     metrics = GatewayMetrics()
@@ -145,7 +193,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.watcher = watcher
 
-    @app.post("/v1/scenarios/{scenario}/predict")
+    @app.post(
+        "/v1/scenarios/{scenario}/predict",
+        openapi_extra=predict_openapi(settings.feature_schema(), settings.max_batch),
+    )
     async def predict(scenario: str, request: Request) -> Response:
         """Body ``{"instances": [{feature: value, …}, …]}`` → per-task probabilities."""
         model = store.get(scenario)  # the one reference this request uses to the end
