@@ -59,6 +59,7 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 METADATA_FILE = "metadata.json"
 LATEST_FILE = "LATEST"
+PUBLISH_POLICIES = ("latest", "best-valid")
 LOCK_FILE = ".lock"
 TMP_PREFIX = ".tmp-"
 SCENARIO_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -72,6 +73,14 @@ class RegistryError(ValueError):
 
 class NoVersionError(RegistryError, LookupError):
     """A scenario without any published version (no ``LATEST`` pointer yet)."""
+
+
+def validation_auc(metrics: dict) -> float | None:
+    """Mean AUC over the tasks of ``metrics["valid"]`` (undefined AUCs skipped)."""
+    tasks = (metrics or {}).get("valid") or {}
+    aucs = [m.get("auc") for m in tasks.values() if isinstance(m, dict)]
+    aucs = [a for a in aucs if isinstance(a, int | float)]
+    return sum(aucs) / len(aucs) if aucs else None
 
 
 def validate_scenario(name: str) -> str:
@@ -252,12 +261,18 @@ class ModelRegistry:
         round: int,
         metrics: dict | None = None,
         extra: dict | None = None,
+        policy: str = "latest",
     ) -> str:
         """Store ``source``'s full state_dict as a new version, move ``LATEST`` to it, prune.
 
         Returns the version id. ``metrics`` (e.g. ``{"valid": {...}, "test": {...}}``) and
-        ``extra`` must be JSON-like; NaN becomes null.
+        ``extra`` must be JSON-like; NaN becomes null. ``policy``: ``latest`` moves ``LATEST``
+        to every new version; ``best-valid`` only when the new version's mean validation AUC
+        is at least the served one's (model selection on validation, never on test) — the
+        version is stored either way.
         """
+        if policy not in PUBLISH_POLICIES:
+            raise ValueError(f"policy must be one of {PUBLISH_POLICIES}, got {policy!r}")
         validate_scenario(scenario)
         if int(round) < 0:
             raise ValueError("round must be >= 0")
@@ -304,9 +319,22 @@ class ModelRegistry:
                 raise
             _fsync_dir(sdir)
             fault_point("registry.before_latest", int(round))
-            self._set_latest(sdir, version)
+            if policy == "latest" or self._beats_served(sdir, meta["metrics"]):
+                self._set_latest(sdir, version)
             self._prune(sdir, keep=version)
         return version
+
+    def _beats_served(self, sdir: Path, metrics: dict) -> bool:
+        """Is the mean validation AUC of ``metrics`` at least that of the served version?"""
+        served = self._read_pointer(sdir)
+        if served is None:
+            return True
+        try:
+            old = json.loads((sdir / served / METADATA_FILE).read_text()).get("metrics", {})
+        except (OSError, ValueError):
+            return True  # an unreadable served version is worth replacing
+        new_auc, old_auc = validation_auc(metrics), validation_auc(old)
+        return old_auc is None or (new_auc is not None and new_auc >= old_auc)
 
     @staticmethod
     def _next_sequence(sdir: Path) -> int:
@@ -475,10 +503,14 @@ class ModelRegistry:
 
 
 def publisher_for_simulation(
-    root: Path | str, sim_config: SimulationConfig, retention: int = DEFAULT_RETENTION
+    root: Path | str,
+    sim_config: SimulationConfig,
+    retention: int = DEFAULT_RETENTION,
+    policy: str = "latest",
 ) -> Callable[[int, dict[str, ClientRuntime]], None]:
     """An ``on_round`` hook for :func:`msmtrec.simulation.run_simulation` that publishes every
-    client's personalized model after each round, with its validation and test metrics."""
+    client's personalized model after each round, with its validation and test metrics
+    (``policy`` as in :meth:`ModelRegistry.publish`)."""
     registry = ModelRegistry(root, retention=retention)
     extra = {
         "source": "simulation",
@@ -492,8 +524,9 @@ def publisher_for_simulation(
             metrics = {"valid": runtime.evaluate("valid"), "test": runtime.evaluate("test")}
             start = time.perf_counter()
             version = registry.publish(
-                scenario, runtime, round=round_number, metrics=metrics, extra=extra
-            )
+                scenario, runtime, round=round_number, metrics=metrics, extra=extra,
+                policy=policy,
+            )  # fmt: skip
             print(
                 f"published {scenario} {version} to {registry.root} "
                 f"({time.perf_counter() - start:.2f}s)"

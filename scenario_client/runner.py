@@ -335,6 +335,7 @@ class ScenarioClient:
             round=completed,
             metrics=evals,
             extra={"preset": self.spec.preset, "method": self.spec.method},
+            policy=self.settings.publish_policy,
         )
         log.info("%s: published %s to %s", self.scenario, version, self.settings.registry)
 

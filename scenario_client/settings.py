@@ -8,6 +8,7 @@ federation (and ``msmtrec simulate``) does.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -44,6 +45,11 @@ class ClientSettings(ServiceSettings):
     )
     registry: Path | None = Field(
         None, description="model registry directory to publish to after every round"
+    )
+    publish_policy: Literal["latest", "best-valid"] = Field(
+        "latest",
+        description="latest: serve every new round; best-valid: move LATEST only when the "
+        "mean validation AUC is at least the served version's",
     )
 
     rpc_timeout_seconds: float = Field(30.0, description="deadline of each unary call")

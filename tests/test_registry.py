@@ -215,3 +215,24 @@ def test_concurrent_publishers_and_readers(tmp_path):
     assert len(remaining) == 4
     assert remaining == sorted(all_ids, key=lambda v: int(v[1:7]))[-4:]
     assert reg.latest("NL").version == remaining[-1]
+
+
+def _valid(auc_ctr, auc_ctcvr):
+    return {"valid": {"ctr": {"auc": auc_ctr}, "ctcvr": {"auc": auc_ctcvr}}, "test": {}}
+
+
+def test_best_valid_policy_serves_the_version_selected_on_validation(tmp_path, model):
+    reg = ModelRegistry(tmp_path, retention=2)
+    first = reg.publish("NL", model, round=1, metrics=_valid(0.70, 0.80), policy="best-valid")
+    assert reg.latest_version("NL") == first  # nothing served yet: the first is served
+    worse = reg.publish("NL", model, round=2, metrics=_valid(0.69, 0.79), policy="best-valid")
+    reg.publish("NL", model, round=3, metrics=_valid(0.71, 0.60), policy="best-valid")
+    assert reg.latest_version("NL") == first  # stored, not served
+    assert reg.version_ids("NL")[0] == first  # retention keeps the 2 newest and the served one
+    best = reg.publish("NL", model, round=4, metrics=_valid(0.72, 0.81), policy="best-valid")
+    assert reg.latest_version("NL") == best
+    assert first not in reg.version_ids("NL") and worse not in reg.version_ids("NL")
+    latest = reg.publish("NL", model, round=5, metrics=_valid(0.5, 0.5))  # default: latest
+    assert reg.latest_version("NL") == latest
+    with pytest.raises(ValueError, match="policy"):
+        reg.publish("NL", model, round=6, policy="best-test")

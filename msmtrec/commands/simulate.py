@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if args.publish_to is not None:
         from msmtrec.registry import publisher_for_simulation
 
-        on_round = publisher_for_simulation(args.publish_to, config)
+        on_round = publisher_for_simulation(args.publish_to, config, policy=args.publish_policy)
     result = run_simulation(config, on_round=on_round)
     print()
     print(result.markdown())
