@@ -48,7 +48,7 @@ PARTS = (
 
 def run_federation(
     root: Path, preset: str, clients: int, rows: int, rounds: int, agg_threads: int,
-    timeout: float,
+    timeout: float, chunk_bytes: int | None = None,
 ) -> tuple[list[dict], dict]:  # fmt: skip
     scenarios = tuple(f"S{i}" for i in range(clients))
     fed = Federation.create(root, scenarios, train_rows=rows, test_rows=max(rows // 4, 50))
@@ -59,6 +59,7 @@ def run_federation(
             fed.aggregator_args(
                 rounds=rounds, preset=preset, exit_when_done=False, threads=agg_threads,
                 round_deadline_seconds=max(600, timeout), start_wait_seconds=300,
+                chunk_bytes=chunk_bytes,
             ),
         )  # fmt: skip
         procs = [group.launch(s, fed.client_args(s, threads=1)) for s in scenarios]
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--aggregator-threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=900.0)
+    p.add_argument("--chunk-bytes", type=int, default=None, help="aggregator's stream chunk")
     C.add_common_flags(p, threads=1)
     args = p.parse_args(argv)
     if args.quick:
@@ -92,14 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="round-bench-") as tmp:
         records, status = run_federation(
             Path(tmp), args.preset, args.clients, args.rows, args.rounds,
-            args.aggregator_threads, args.timeout,
+            args.aggregator_threads, args.timeout, args.chunk_bytes,
         )  # fmt: skip
     payload = status.get("payload_bytes", 0)
     report.add(
         f"{args.clients} clients + aggregator as separate processes on 127.0.0.1 (TLS off, "
         f"tokens on), {args.preset} preset, pfmsmtrec, {args.rows} train rows per client, "
         f"{args.rounds} rounds; payload {payload / 1e6:.1f} MB per client each way; torch "
-        f"threads: clients 1, aggregator {args.aggregator_threads}. Seconds, from the "
+        f"threads: clients 1, aggregator {args.aggregator_threads}; stream chunks "
+        f"{(args.chunk_bytes or 1 << 20) / 2**20:g} MiB. Seconds, from the "
         "aggregator's round records (critical path = the last client to submit):",
         "",
     )
