@@ -29,6 +29,7 @@ if str(REPO) not in sys.path:
 # before any benchmark imports torch (OpenMP reads it once, when torch loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 RESULTS = REPO / "benchmarks" / "results" / "performance.md"
+APPENDIX = "\n# Appendix"
 
 
 # ------------------------------------------------------------------------------ machine
@@ -226,8 +227,13 @@ class Report:
         if out is None:
             return
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a") as f:
-            f.write(self.section())
+        text = out.read_text() if out.exists() else ""
+        cut = text.find(APPENDIX)
+        if cut < 0:  # a new run goes at the end ...
+            with open(out, "a") as f:
+                f.write(self.section())
+        else:  # ... or before the appendix of before-measurements, if the file has one
+            out.write_text(text[:cut] + self.section() + text[cut:])
         print(f"appended to {out}")
 
 

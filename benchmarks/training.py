@@ -201,12 +201,72 @@ def bench_preset(name: str, rows: int, repeats: int, report: C.Report, max_secon
     return result
 
 
+def profile_step(preset_name: str, steps: int, report: C.Report) -> None:
+    """torch profiler over ``steps`` steps of the plain loop (batch 512, the Trainer's
+    optimizer), aten ops grouped by their role in the step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from msmtrec.training.trainer import make_optimizer
+
+    cfg = TrainConfig()
+    model = build_model(ALIEXPRESS, preset(preset_name), seed=0).train()
+    (cat, num, y), *_ = same_batches(random_rows(cfg.batch_size), 0, cfg)
+    opt = make_optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def step() -> None:
+        loss = F.binary_cross_entropy_with_logits(model(cat, num), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+    first = model.experts.layers[0]
+    big = f"{first.in_dim}"  # the first expert layer's input width marks its weight tensors
+    groups: dict[str, float] = {}
+    total = 0.0
+    for e in prof.key_averages(group_by_input_shape=True):
+        ms = e.self_cpu_time_total / 1e3 / steps
+        total += ms
+        name, shapes = e.key, str(e.input_shapes)
+        if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"):
+            key = "matmuls (fwd + bwd)"
+        elif "adam" in name.lower() or name == "aten::_foreach_add_":
+            key = "optimizer"
+        elif name == "aten::bernoulli_":
+            key = "dropout masks"
+        elif big in shapes and name in ("aten::add", "aten::copy_", "aten::fill_", "aten::sum"):
+            key = "template sum W_G + W_S + W_T (fwd + bwd)"
+        elif "batch_norm" in name:
+            key = "batch norm (fwd + bwd)"
+        else:
+            key = "other (elementwise, dropout apply, embeddings, towers, …)"
+        groups[key] = groups.get(key, 0.0) + ms
+    report.add(
+        "",
+        f"Profile of one `{preset_name}` step (torch profiler, {steps} steps, batch "
+        f"{cfg.batch_size}, plain loop with the Trainer's optimizer): {total:.0f} ms per step",
+        "",
+    )
+    report.table(
+        ("part", "ms per step", "share"),
+        [(k, f"{v:.0f}", f"{v / total * 100:.1f} %")
+         for k, v in sorted(groups.items(), key=lambda kv: -kv[1])],
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", choices=("small", "paper"), default=["small", "paper"])
     p.add_argument("--rows", type=int, default=None, help="rows per epoch (default per preset)")
     p.add_argument("--repeats", type=int, default=5, help="alternated rounds (A B C) per preset")
     p.add_argument("--max-seconds", type=float, default=600.0, help="cap per preset")
+    p.add_argument(
+        "--profile", action="store_true", help="also profile one step per preset (torch profiler)"
+    )
     C.add_common_flags(p)
     args = p.parse_args(argv)
     if args.quick:
@@ -220,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.presets:
         rows = args.rows or (QUICK_ROWS if args.quick else ROWS)[name]
         bench_preset(name, rows, args.repeats, report, args.max_seconds)
+        if args.profile:
+            profile_step(name, 2 if args.quick else 5, report)
     if not args.quick:
         cold = first_optimizer_seconds()
         report.add(
