@@ -66,6 +66,13 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="model registry directory to publish every scenario's model to",
     )
+    p.add_argument(
+        "--publish-policy",
+        choices=("latest", "best-valid"),
+        default="latest",
+        help="latest: serve every new round; best-valid: serve a new version only if its "
+        "mean validation AUC is at least the served one's",
+    )
     add_threads_flag(p)
 
 
