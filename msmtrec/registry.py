@@ -16,7 +16,13 @@ Why it is built this way:
   new one, never a pointer to half a version.
 * **Versions sort chronologically** as strings: ``v<seq>-r<round>-<sha8>`` with a per-scenario
   counter taken under an exclusive ``flock``, so two publishes in the same second (or a
-  federation restarted at round 1) still get distinct, ordered ids.
+  federation restarted at round 1) still get distinct, ordered ids. ``sha8`` is the start of
+  the *content* digest (names, dtypes, shapes, bytes of the tensors): the file's own sha256
+  is recorded for integrity, but it is not a fingerprint of the model, because safetensors
+  writes its header metadata in no fixed order.
+* **Publishing the served weights again for the same round is a no-op** that returns the
+  served version (a client restarted after the last round), so duplicates never push older
+  useful versions out of the retention window.
 * **No pickle.** Weights are safetensors; ``load`` verifies the sha256 recorded at publish
   time, rebuilds the model from the recorded schema and config and loads the state strictly.
 * Pure file-system code (no sockets), so ``msmtrec simulate --publish-to`` and the networked
@@ -46,6 +52,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from msmtrec.codec import tensors_digest
 from msmtrec.data.schema import FeatureSchema
 from msmtrec.faults import fault_point
 from msmtrec.model.config import PRESETS, ModelConfig
@@ -280,6 +287,7 @@ class ModelRegistry:
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         weights = st_save(state, metadata={"format": "pt", "scenario": scenario})
         digest = hashlib.sha256(weights).hexdigest()
+        content = tensors_digest(state)
         extra = dict(extra or {})
         meta: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
@@ -291,14 +299,22 @@ class ModelRegistry:
             "tasks": list(model.tasks),
             "metrics": _jsonable(metrics or {}),
             "extra": _jsonable(extra),
-            "weights": {"file": WEIGHTS_FILE, "sha256": digest, "bytes": len(weights)},
+            "weights": {
+                "file": WEIGHTS_FILE,
+                "sha256": digest,
+                "content_sha256": content,
+                "bytes": len(weights),
+            },
             "parameters": sum(p.numel() for p in model.parameters()),
             "torch_version": torch.__version__,
         }
         with self._locked(scenario) as sdir:
             self._remove_stale_temps(sdir)
+            served = self._served_identical(sdir, content, int(round))
+            if served is not None:
+                return served  # e.g. a client restarted after the last round: nothing new
             seq = self._next_sequence(sdir)
-            version = f"v{seq:06d}-r{int(round):05d}-{digest[:8]}"
+            version = f"v{seq:06d}-r{int(round):05d}-{content[:8]}"
             now = datetime.now(UTC)
             meta["version"] = version
             meta["created"] = now.isoformat(timespec="microseconds")
@@ -323,6 +339,22 @@ class ModelRegistry:
                 self._set_latest(sdir, version)
             self._prune(sdir, keep=version)
         return version
+
+    def _served_identical(self, sdir: Path, content: str, round_number: int) -> str | None:
+        """The served version if it holds these very weights from this round, else None.
+
+        Publishing it again would only add a duplicate version and push a useful older one
+        out of the retention window.
+        """
+        served = self._read_pointer(sdir)
+        if served is None:
+            return None
+        try:
+            meta = json.loads((sdir / served / METADATA_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        same_weights = meta.get("weights", {}).get("content_sha256") == content
+        return served if same_weights and meta.get("round") == round_number else None
 
     def _beats_served(self, sdir: Path, metrics: dict) -> bool:
         """Is the mean validation AUC of ``metrics`` at least that of the served version?"""

@@ -9,6 +9,7 @@ import pytest
 import torch
 from gateway_support import trained_like_model
 
+from msmtrec.codec import tensors_digest
 from msmtrec.data.schema import ALIEXPRESS
 from msmtrec.federation.client import ClientRuntime
 from msmtrec.federation.config import resolve_method
@@ -49,7 +50,9 @@ def test_publish_then_load_round_trips_every_tensor(tmp_path, model):
     assert meta["schema"]["vocab_sizes"] == list(ALIEXPRESS.vocab_sizes)
     assert meta["metrics"]["valid"]["ctr"] == {"auc": 0.71, "logloss": None}  # NaN → null
     assert meta["extra"] == {"method": "pfmsmtrec"}
-    assert len(meta["weights"]["sha256"]) == 64 and version.endswith(meta["weights"]["sha256"][:8])
+    assert len(meta["weights"]["sha256"]) == 64
+    assert version.endswith(meta["weights"]["content_sha256"][:8])
+    assert meta["weights"]["content_sha256"] == tensors_digest(model.state_dict())
 
 
 def test_publish_accepts_a_client_runtime(tmp_path, small_splits):
@@ -236,3 +239,17 @@ def test_best_valid_policy_serves_the_version_selected_on_validation(tmp_path, m
     assert reg.latest_version("NL") == latest
     with pytest.raises(ValueError, match="policy"):
         reg.publish("NL", model, round=6, policy="best-test")
+
+
+def test_republishing_the_served_weights_of_the_same_round_adds_no_version(tmp_path):
+    # A client restarted after the last round publishes the model it already published.
+    model = trained_like_model(seed=4)  # mutated below: not the module's shared fixture
+    reg = ModelRegistry(tmp_path, retention=2)
+    older = reg.publish("ES", model, round=4)
+    first = reg.publish("ES", model, round=5)
+    assert reg.publish("ES", model, round=5) == first
+    assert [v.version for v in reg.versions("ES")] == [older, first]  # older not pruned
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    changed = reg.publish("ES", model, round=5)  # same round, other weights: a new version
+    assert changed != first and reg.latest("ES").version == changed

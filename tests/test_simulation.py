@@ -16,8 +16,12 @@ from msmtrec.training.trainer import TrainConfig
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    synthesize(out, SynthConfig(scenarios=("NL", "ES", "FR"), train_rows=1500, test_rows=600,
-                                ctr=0.2, cvr=0.3, seed=3))
+    synthesize(
+        out,
+        SynthConfig(
+            scenarios=("NL", "ES", "FR"), train_rows=1500, test_rows=600, ctr=0.2, cvr=0.3, seed=3
+        ),
+    )
     return out
 
 
@@ -27,8 +31,9 @@ def splits(synth_dir):
 
 
 def _config(synth_dir, method, **kw):
-    return SimulationConfig(synth_dir, method=method, rounds=2, seed=5,
-                            train=TrainConfig(batch_size=256), **kw)
+    return SimulationConfig(
+        synth_dir, method=method, rounds=2, seed=5, train=TrainConfig(batch_size=256), **kw
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -61,8 +66,24 @@ def _without_seconds(history, ref):
 
 def test_cli_prints_table_and_writes_reports(synth_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["simulate", "--data", str(synth_dir), "--strategy", "pfmsmtrec", "--rounds", "2",
-                 "--batch-size", "256", "--out", str(out), "--plot", "--threads", "1"])
+    code = main(
+        [
+            "simulate",
+            "--data",
+            str(synth_dir),
+            "--strategy",
+            "pfmsmtrec",
+            "--rounds",
+            "2",
+            "--batch-size",
+            "256",
+            "--out",
+            str(out),
+            "--plot",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "round   1/2" in printed and "round   2/2" in printed

@@ -29,10 +29,12 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.out / "data"
     if not (data_dir / "synth.json").exists():
         print(f"writing synthetic data to {data_dir}")
-        synthesize(data_dir, SynthConfig(train_rows=args.rows, test_rows=args.rows // 4,
-                                         seed=args.seed))
-    config = SimulationConfig(data_dir=data_dir, method=args.strategy, rounds=args.rounds,
-                              seed=args.seed)
+        synthesize(
+            data_dir, SynthConfig(train_rows=args.rows, test_rows=args.rows // 4, seed=args.seed)
+        )
+    config = SimulationConfig(
+        data_dir=data_dir, method=args.strategy, rounds=args.rounds, seed=args.seed
+    )
     result = run_simulation(config)
     print()
     print(result.markdown())
