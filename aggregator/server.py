@@ -146,7 +146,14 @@ class Aggregator:
             ],
         )
         pb_grpc.add_FederationServicer_to_server(
-            FederationServicer(self.federation, self.tokens, self.metrics), server
+            FederationServicer(
+                self.federation,
+                self.tokens,
+                self.metrics,
+                bind_certificates=bool(settings.tls_client_ca)
+                and settings.tls_client_identity == "scenario",
+            ),
+            server,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

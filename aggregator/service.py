@@ -80,11 +80,17 @@ def unary(rpc: str) -> Callable:
 
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(
-        self, federation: Federation, tokens: TokenTable | None, hooks: Hooks | None = None
+        self,
+        federation: Federation,
+        tokens: TokenTable | None,
+        hooks: Hooks | None = None,
+        *,
+        bind_certificates: bool = False,
     ) -> None:
         self.fed = federation
         self.tokens = tokens if tokens else None
         self.hooks: Hooks = hooks or NoHooks()
+        self.bind_certificates = bind_certificates
 
     # ------------------------------------------------------------------------- identity
     def _authenticate(self, context: grpc.ServicerContext) -> str | None:
@@ -116,7 +122,28 @@ class FederationServicer(pb_grpc.FederationServicer):
         return claimed
 
     def _identify(self, context: grpc.ServicerContext, claimed: str) -> str:
-        return self._bind(self._authenticate(context), claimed)
+        scenario = self._bind(self._authenticate(context), claimed)
+        if self.bind_certificates:
+            self._check_certificate(context, scenario)
+        return scenario
+
+    @staticmethod
+    def _check_certificate(context: grpc.ServicerContext, scenario: str) -> None:
+        """With mutual TLS, the certificate must be issued to the scenario too: a stolen token
+        alone, or one scenario's certificate with another's token, is not enough."""
+        auth = context.auth_context()
+        names = [
+            n.decode(errors="replace") if isinstance(n, bytes) else str(n)
+            for key in ("x509_common_name", "x509_subject_alternative_name")
+            for n in auth.get(key, ())
+        ]
+        if scenario not in names:
+            issued = ", ".join(sorted(set(names))[:4]) or "no name"
+            raise Refusal(
+                "PERMISSION_DENIED",
+                "certificate-scenario-mismatch",
+                f"the client certificate is issued to {issued}; it cannot act as {scenario}",
+            )
 
     # ---------------------------------------------------------------------------- unary
     @unary("GetConfig")

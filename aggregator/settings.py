@@ -105,6 +105,12 @@ class AggregatorSettings(ServiceSettings):
     tls_client_ca: Path | None = Field(
         None, description="CA for client certificates; enables mutual TLS (required certs)"
     )
+    tls_client_identity: Literal["scenario", "any"] = Field(
+        "scenario",
+        description="with mutual TLS: 'scenario' = a client certificate's common name or a DNS "
+        "name in its SAN must be the scenario it acts as (as make-dev-certs issues them); "
+        "'any' = any certificate of the CA will do (the token alone binds the scenario)",
+    )
 
     # ------------------------------------------------------------------------ misc
     exit_when_done: bool = Field(

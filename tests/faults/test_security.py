@@ -125,6 +125,48 @@ def test_mutual_tls_accepts_only_certificates_of_its_ca_and_still_wants_the_toke
     assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
+@pytest.mark.parametrize("identity", ["scenario", "any"])
+def test_mutual_tls_binds_the_certificate_to_its_scenario(tmp_path, identity):
+    certs = make_dev_certs(tmp_path / "certs", clients=["A", "B"])
+    tokens = make_tokens(["A", "B"], tmp_path / "tokens")
+    settings = AggregatorSettings(
+        tokens_file=tokens["tokens"], port=free_port(), status_port=0,
+        state_dir=tmp_path / "aggregator", tls_cert=certs["server.pem"],
+        tls_key=certs["server.key"], tls_client_ca=certs["ca.pem"],
+        tls_client_identity=identity, threads=1,
+    )  # fmt: skip
+    agg = Aggregator(settings).start()
+
+    def call(cert_of: str, scenario: str) -> pb.GetConfigResponse:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=certs["ca.pem"].read_bytes(),
+            private_key=certs[f"client-{cert_of}.key"].read_bytes(),
+            certificate_chain=certs[f"client-{cert_of}.pem"].read_bytes(),
+        )
+        with grpc.secure_channel(f"127.0.0.1:{settings.port}", creds) as channel:
+            token = tokens[scenario].read_text().strip()
+            return pb_grpc.FederationStub(channel).GetConfig(
+                pb.GetConfigRequest(scenario=scenario),
+                metadata=(("authorization", f"Bearer {token}"),), timeout=5,
+            )  # fmt: skip
+
+    try:
+        for s in ("A", "B"):
+            assert call(s, s).protocol == wire.PROTOCOL
+        if identity == "any":  # the token alone binds the scenario
+            assert call("A", "B").protocol == wire.PROTOCOL
+            return
+        # B's token (stolen, say) over A's certificate: both are valid, together they are not
+        with pytest.raises(grpc.RpcError) as info:
+            call("A", "B")
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        assert "issued to A; it cannot act as B" in info.value.details()
+        reason = dict(info.value.trailing_metadata() or ()).get("msmtrec-reason")
+        assert reason == "certificate-scenario-mismatch"
+    finally:
+        agg.stop(0)
+
+
 def test_server_tls_without_client_certificates(tmp_path):
     certs = make_dev_certs(tmp_path / "certs")
     tokens = make_tokens(["A"], tmp_path / "tokens")
