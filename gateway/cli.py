@@ -34,7 +34,9 @@ SETTING_FLAGS = ("registry", "host", "port", "max_batch", "poll_interval", "thre
 def settings_from_args(args: argparse.Namespace):
     """Flags given on the command line win over MSMTREC_GATEWAY_* variables and defaults."""
     from gateway.settings import GatewaySettings
+    from msmtrec.settings import check_environment
 
+    check_environment(GatewaySettings)
     overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
     return GatewaySettings(**overrides)
 
@@ -43,11 +45,16 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     import uvicorn
+    from pydantic import ValidationError
 
     from gateway.app import create_app
     from msmtrec.http_limits import BoundedHttpToolsProtocol
 
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except (ValidationError, ValueError) as exc:
+        print(f"msmtrec gateway: invalid settings: {exc}")
+        return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

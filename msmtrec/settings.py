@@ -14,7 +14,9 @@ e.g. ``aggregator:``), the documented default.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
 import tomllib
 import types
 import typing
@@ -84,10 +86,36 @@ def read_config_file(path: Path, section: str = "") -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
+def check_environment(cls: type[BaseSettings], environ: Mapping[str, str] | None = None) -> None:
+    """Refuse variables with the service's prefix that name no setting.
+
+    pydantic-settings ignores them, so a misspelt ``MSMTREC_AGGREGATOR_TLS_CLIENT_CA`` would
+    silently leave mutual TLS off; config files are already strict (``extra="forbid"``).
+    """
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    if not prefix:
+        return
+    known = [prefix + name.upper() for name in cls.model_fields]
+    known.append(prefix + "CONFIG")  # the config file's path, read by the service's CLI
+    env = os.environ if environ is None else environ
+    unknown = sorted(k for k in env if k.upper().startswith(prefix) and k.upper() not in known)
+    if not unknown:
+        return
+    named = []
+    for key in unknown:
+        close = difflib.get_close_matches(key.upper(), known, n=1)
+        named.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    raise ValueError(
+        f"unknown environment variable{'s' if len(named) > 1 else ''} {', '.join(named)}: "
+        f"no setting has that name (settings: {', '.join(sorted(known))})"
+    )
+
+
 def load_settings(
     cls: type[S], config_file: Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> S:
     """Settings from (highest first) ``overrides`` (flags), environment, ``config_file``."""
+    check_environment(cls)
     values = read_config_file(config_file, cls.section) if config_file else {}
     token = _FILE_VALUES.set(values)
     try:

@@ -75,3 +75,28 @@ def test_docs_list_every_setting_with_its_default(cls):
     )
     assert section, f"docs/FEDERATION.md lacks the {cls.section} settings table"
     assert section.group(1) == settings_table(cls)
+
+
+def test_a_misspelt_environment_variable_is_refused_with_a_suggestion(monkeypatch):
+    monkeypatch.setenv("MSMTREC_AGGREGATOR_TLS_CLIENTCA", "ca.pem")  # mutual TLS silently off
+    monkeypatch.setenv("MSMTREC_AGGREGATOR_CONFIG", "agg.yaml")  # the config file: allowed
+    monkeypatch.setenv("MSMTREC_AGGREGATOR_ROUNDS", "3")
+    with pytest.raises(ValueError) as info:
+        load_settings(AggregatorSettings, None, {"insecure_dev": True, "scenarios": ["A"]})
+    # only the misspelt one (singular): the config-file variable and real settings pass
+    assert str(info.value).startswith(
+        "unknown environment variable MSMTREC_AGGREGATOR_TLS_CLIENTCA "
+        "(did you mean MSMTREC_AGGREGATOR_TLS_CLIENT_CA?): no setting has that name"
+    )
+    monkeypatch.delenv("MSMTREC_AGGREGATOR_TLS_CLIENTCA")
+    settings = load_settings(AggregatorSettings, None, {"insecure_dev": True, "scenarios": ["A"]})
+    assert settings.rounds == 3
+
+
+def test_the_gateway_refuses_unknown_environment_variables(monkeypatch, tmp_path, capsys):
+    from msmtrec.cli import main
+
+    monkeypatch.setenv("MSMTREC_GATEWAY_MAXBATCH", "10")
+    assert main(["gateway", "--registry", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "MSMTREC_GATEWAY_MAXBATCH (did you mean MSMTREC_GATEWAY_MAX_BATCH?)" in out
