@@ -99,3 +99,18 @@ def test_cli_rejects_unknown_strategy(synth_dir, capsys):
     with pytest.raises(SystemExit):
         main(["simulate", "--data", str(synth_dir), "--strategy", "fedmagic"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_simulate_flags_reach_the_federation_config(tmp_path):
+    from msmtrec.cli import build_parser
+    from msmtrec.commands.simulate import config_from_args
+
+    def fed(*flags):
+        args = build_parser().parse_args(["simulate", "--data", str(tmp_path), *flags])
+        return config_from_args(args).federation()
+
+    default = fed()
+    assert (default.method, default.template_l2, default.mu) == ("pfmsmtrec", 3e-3, 1e-3)
+    tuned = fed("--template-l2", "0.01", "--mu", "0.1", "--conflict", "pcgrad")
+    assert (tuned.template_l2, tuned.mu, tuned.conflict) == (0.01, 0.1, "pcgrad")
+    assert fed("--strategy", "pfmsmtrec-no-shrink").template_l2 == 0.0

@@ -57,6 +57,12 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conflict", choices=("ca", "pcgrad", "none"), default=None)
     p.add_argument("--ca-alpha", type=float, default=None)
     p.add_argument("--ca-rescale", choices=("alpha", "alpha_sq", "none"), default=None)
+    p.add_argument(
+        "--template-l2",
+        type=float,
+        default=None,
+        help="λ of (λ/2)‖W_S, W_T‖², shrinking experts to W_G (method default)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/simulate"))
     p.add_argument("--plot", action="store_true", help="write auc_per_round.png")
     p.add_argument("--progress", action="store_true", help="progress bar per local epoch")
@@ -90,6 +96,7 @@ def config_from_args(args: argparse.Namespace):
         "ca_alpha": args.ca_alpha,
         "ca_rescale": args.ca_rescale,
         "template": args.template,
+        "template_l2": args.template_l2,
     }
     return SimulationConfig(
         data_dir=args.data,
