@@ -6,6 +6,9 @@ scenario × task figure. Runs one simulation per process (``--jobs``), one torch
 
     python benchmarks/quality.py                      # the full grid (≈ 30-60 min on 2 cores)
     python benchmarks/quality.py --quick              # a smoke run in well under a minute
+
+The "Reading" section is the ``meta.reading`` text of the JSON, written by a person after a run
+(``--report-only`` keeps it; a new run starts without one, as its numbers are new).
 """
 
 from __future__ import annotations
@@ -210,6 +213,8 @@ def render(results: list[dict], meta: dict) -> str:
             paired(results, shifts, methods, "pfmsmtrec"),
             "",
         ]
+    if meta.get("reading"):  # written by a person after the run, kept in the JSON
+        report += ["## Reading", "", meta["reading"].strip(), ""]
     for shift in shifts:
         report += [
             f"## Per scenario, {shift} shift (mean over seeds)",
