@@ -233,7 +233,7 @@ class Report:
             with open(out, "a") as f:
                 f.write(self.section())
         else:  # ... or before the appendix of before-measurements, if the file has one
-            out.write_text(text[:cut] + self.section() + text[cut:])
+            out.write_text(text[:cut].rstrip("\n") + "\n\n" + self.section() + text[cut:])
         print(f"appended to {out}")
 
 
