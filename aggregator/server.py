@@ -25,7 +25,7 @@ from aggregator.auth import TokenTable, check_scenario_name, load_tokens
 from aggregator.checkpoint import CheckpointStore
 from aggregator.federation import CheckpointFailure, Federation
 from aggregator.metrics import FederationMetrics
-from aggregator.service import FederationServicer
+from aggregator.service import CallLimits, FederationServicer
 from aggregator.settings import AggregatorSettings
 from aggregator.status_api import StatusServer, create_app
 from msmtrec_proto import wire
@@ -145,16 +145,15 @@ class Aggregator:
                 ("grpc.so_reuseport", 0),  # a second aggregator on the same port must fail
             ],
         )
-        pb_grpc.add_FederationServicer_to_server(
-            FederationServicer(
-                self.federation,
-                self.tokens,
-                self.metrics,
-                bind_certificates=bool(settings.tls_client_ca)
-                and settings.tls_client_identity == "scenario",
-            ),
-            server,
+        self.servicer = FederationServicer(
+            self.federation,
+            self.tokens,
+            self.metrics,
+            bind_certificates=bool(settings.tls_client_ca)
+            and settings.tls_client_identity == "scenario",
+            limits=CallLimits(settings.max_calls_per_scenario, settings.max_submits_per_scenario),
         )
+        pb_grpc.add_FederationServicer_to_server(self.servicer, server)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

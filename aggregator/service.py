@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -78,6 +80,59 @@ def unary(rpc: str) -> Callable:
     return wrap
 
 
+@dataclass(frozen=True)
+class CallLimits:
+    """Calls one scenario may have in flight, in all and uploads among them."""
+
+    calls: int = 8
+    submits: int = 2
+
+
+class InFlight:
+    """Per-scenario counts of calls in flight. A slot is taken once the caller is identified
+    and given back when gRPC terminates the call (completion, error or cancellation), so one
+    scenario — a stolen token, a client stuck in a retry loop — holds at most ``calls``
+    worker threads and ``submits`` payload buffers, whatever ``max_workers`` is."""
+
+    def __init__(self, limits: CallLimits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def admit(self, context: grpc.ServicerContext, scenario: str, submit: bool) -> None:
+        kinds = [("calls", self.limits.calls)]
+        if submit:
+            kinds.append(("submits", self.limits.submits))
+        with self._lock:
+            for kind, limit in kinds:
+                if self._counts.get((scenario, kind), 0) >= limit:
+                    raise Refusal(
+                        "RESOURCE_EXHAUSTED",
+                        "too-many-calls",
+                        f"scenario {scenario} already has {limit} "
+                        f"{'uploads' if kind == 'submits' else 'calls'} in flight "
+                        f"(aggregator setting max_{kind}_per_scenario); retry later",
+                    )
+            for kind, _ in kinds:
+                self._counts[(scenario, kind)] = self._counts.get((scenario, kind), 0) + 1
+
+        def release() -> None:
+            with self._lock:
+                for kind, _ in kinds:
+                    left = self._counts[(scenario, kind)] - 1
+                    if left:
+                        self._counts[(scenario, kind)] = left
+                    else:
+                        del self._counts[(scenario, kind)]
+
+        if not context.add_callback(release):  # the call has already ended
+            release()
+
+    def count(self, scenario: str) -> int:
+        with self._lock:
+            return self._counts.get((scenario, "calls"), 0)
+
+
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(
         self,
@@ -86,11 +141,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         hooks: Hooks | None = None,
         *,
         bind_certificates: bool = False,
+        limits: CallLimits | None = None,
     ) -> None:
         self.fed = federation
         self.tokens = tokens if tokens else None
         self.hooks: Hooks = hooks or NoHooks()
         self.bind_certificates = bind_certificates
+        self.in_flight = InFlight(limits or CallLimits())
 
     # ------------------------------------------------------------------------- identity
     def _authenticate(self, context: grpc.ServicerContext) -> str | None:
@@ -122,9 +179,16 @@ class FederationServicer(pb_grpc.FederationServicer):
         return claimed
 
     def _identify(self, context: grpc.ServicerContext, claimed: str) -> str:
-        scenario = self._bind(self._authenticate(context), claimed)
+        return self._admit(context, self._authenticate(context), claimed, submit=False)
+
+    def _admit(
+        self, context: grpc.ServicerContext, owner: str | None, claimed: str, *, submit: bool
+    ) -> str:
+        """The scenario the caller may act as (token, then certificate), with a call slot."""
+        scenario = self._bind(owner, claimed)
         if self.bind_certificates:
             self._check_certificate(context, scenario)
+        self.in_flight.admit(context, scenario, submit=submit)
         return scenario
 
     @staticmethod
@@ -225,7 +289,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             if first is None or first.WhichOneof("kind") != "header":
                 raise invalid("no-header", "the first message of a submission must be a header")
             header = first.header
-            scenario = self._bind(owner, header.scenario)
+            scenario = self._admit(context, owner, header.scenario, submit=True)
             ticket = self.fed.begin_submission(
                 scenario,
                 int(header.round),

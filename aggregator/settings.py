@@ -31,6 +31,17 @@ class AggregatorSettings(ServiceSettings):
     status_host: str = Field("127.0.0.1", description="REST status API bind address")
     status_port: int = Field(8081, description="REST status API port (0: disabled)")
     max_workers: int = Field(32, description="gRPC worker threads (long polls hold one each)")
+    max_calls_per_scenario: int = Field(
+        8,
+        ge=1,
+        description="calls one scenario may have in flight (a client needs 2-3): a stolen or "
+        "buggy client cannot hold every worker thread",
+    )
+    max_submits_per_scenario: int = Field(
+        2,
+        ge=1,
+        description="concurrent uploads of one scenario (each holds a payload-sized buffer)",
+    )
 
     # ------------------------------------------------------------- experiment protocol
     method: str = Field("pfmsmtrec", description=f"federation method: {', '.join(METHODS)}")

@@ -2,9 +2,11 @@
 
 * Every call has a deadline (``rpc_timeout`` for unary calls, ``transfer_timeout`` for
   parameter streams).
-* UNAVAILABLE and DEADLINE_EXCEEDED are retried with exponential backoff and jitter, for as
-  long as the aggregator has been unreachable for less than ``reconnect_timeout``; every
-  call of the protocol is safe to repeat (submissions are idempotent on the server).
+* UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED ``too-many-calls`` (this scenario
+  has too many calls in flight, e.g. old ones the server has not seen end yet) are retried
+  with exponential backoff and jitter, for as long as the aggregator has been unreachable
+  for less than ``reconnect_timeout``; every call of the protocol is safe to repeat
+  (submissions are idempotent on the server).
 * Any other status is a refusal: it is raised as :class:`Refused` with the server's reason
   (trailing metadata ``msmtrec-reason``) for the caller to act on.
 """
@@ -28,6 +30,7 @@ log = logging.getLogger("scenario_client")
 T = TypeVar("T")
 REASON_KEY = "msmtrec-reason"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+BUSY = "too-many-calls"  # RESOURCE_EXHAUSTED for this scenario's calls in flight: retried too
 MAX_MESSAGE = 64 << 20
 
 
@@ -145,7 +148,8 @@ class Connection:
                 code = error.code() if callable(getattr(error, "code", None)) else None
                 details = error.details() if callable(getattr(error, "details", None)) else ""
                 details = details or str(error)
-                if code not in RETRYABLE or not retry:
+                busy = code is grpc.StatusCode.RESOURCE_EXHAUSTED and _reason(error) == BUSY
+                if (code not in RETRYABLE and not busy) or not retry:
                     if code is None:
                         raise ClientError(f"{rpc} failed: {details}") from error
                     raise Refused(rpc, code, _reason(error), details) from error

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from pathlib import Path
 
 import grpc
@@ -137,18 +138,26 @@ def test_mutual_tls_binds_the_certificate_to_its_scenario(tmp_path, identity):
     )  # fmt: skip
     agg = Aggregator(settings).start()
 
-    def call(cert_of: str, scenario: str) -> pb.GetConfigResponse:
+    def call(cert_of: str, scenario: str, rpc: str = "GetConfig") -> pb.GetConfigResponse:
         creds = grpc.ssl_channel_credentials(
             root_certificates=certs["ca.pem"].read_bytes(),
             private_key=certs[f"client-{cert_of}.key"].read_bytes(),
             certificate_chain=certs[f"client-{cert_of}.pem"].read_bytes(),
         )
         with grpc.secure_channel(f"127.0.0.1:{settings.port}", creds) as channel:
-            token = tokens[scenario].read_text().strip()
-            return pb_grpc.FederationStub(channel).GetConfig(
-                pb.GetConfigRequest(scenario=scenario),
-                metadata=(("authorization", f"Bearer {token}"),), timeout=5,
-            )  # fmt: skip
+            stub = pb_grpc.FederationStub(channel)
+            md = (("authorization", f"Bearer {tokens[scenario].read_text().strip()}"),)
+            if rpc == "Submit":  # the upload path identifies its caller on its own
+                fed = agg.federation
+                enc = encode(fed.strategy.payload(scenario), [t.name for t in fed.signature])
+                return stub.Submit(
+                    wire.submit_stream(
+                        enc, 1 << 20, scenario=scenario, round_number=1, num_samples=10, metrics={}
+                    ),
+                    metadata=md,
+                    timeout=5,
+                )
+            return stub.GetConfig(pb.GetConfigRequest(scenario=scenario), metadata=md, timeout=5)
 
     try:
         for s in ("A", "B"):
@@ -157,12 +166,13 @@ def test_mutual_tls_binds_the_certificate_to_its_scenario(tmp_path, identity):
             assert call("A", "B").protocol == wire.PROTOCOL
             return
         # B's token (stolen, say) over A's certificate: both are valid, together they are not
-        with pytest.raises(grpc.RpcError) as info:
-            call("A", "B")
-        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
-        assert "issued to A; it cannot act as B" in info.value.details()
-        reason = dict(info.value.trailing_metadata() or ()).get("msmtrec-reason")
-        assert reason == "certificate-scenario-mismatch"
+        for rpc in ("GetConfig", "Submit"):
+            with pytest.raises(grpc.RpcError) as info:
+                call("A", "B", rpc)
+            assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED, rpc
+            assert "issued to A; it cannot act as B" in info.value.details()
+            reason = dict(info.value.trailing_metadata() or ()).get("msmtrec-reason")
+            assert reason == "certificate-scenario-mismatch", rpc
     finally:
         agg.stop(0)
 
@@ -238,6 +248,78 @@ def test_a_token_cannot_read_or_write_another_scenarios_parameters(tmp_path):
                                      timeout=10))  # fmt: skip
             assert own[0].WhichOneof("kind") == "header" and len(own) > 1
     finally:
+        agg.stop(0)
+
+
+def test_one_scenario_cannot_hold_more_than_its_share_of_calls(tmp_path):
+    tokens = make_tokens(["A", "B"], tmp_path / "tokens")
+    md = {s: (("authorization", f"Bearer {tokens[s].read_text().strip()}"),) for s in "AB"}
+    settings = AggregatorSettings(
+        tokens_file=tokens["tokens"], port=free_port(), status_port=0,
+        state_dir=tmp_path / "aggregator", min_clients=2, start_wait_seconds=0, threads=1,
+        max_calls_per_scenario=3, max_submits_per_scenario=1,
+    )  # fmt: skip
+    agg = Aggregator(settings).start()
+    fed = agg.federation
+    sig = wire.specs_to_proto(fed.signature)
+    release = threading.Event()
+
+    def reason(err: grpc.RpcError) -> str:
+        return dict(err.trailing_metadata() or ()).get("msmtrec-reason", "")
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{settings.port}") as channel:
+            stub = pb_grpc.FederationStub(channel)
+
+            def config(s: str) -> pb.GetConfigResponse:
+                return stub.GetConfig(pb.GetConfigRequest(scenario=s), metadata=md[s], timeout=5)
+
+            stub.Join(pb.JoinRequest(scenario="A", spec_digest=fed.spec_digest, signature=sig),
+                      metadata=md["A"], timeout=10)  # fmt: skip
+            # A alone: the federation waits for B, so long polls hold their calls open
+            poll = pb.HeartbeatRequest(scenario="A", wait_ms=4000)
+            polls = [stub.Heartbeat.future(poll, metadata=md["A"], timeout=10) for _ in range(3)]
+            wait_until(lambda: agg.servicer.in_flight.count("A") == 3, 10, "3 calls of A")
+            with pytest.raises(grpc.RpcError) as info:
+                config("A")
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert reason(info.value) == "too-many-calls"
+            assert "scenario A already has 3 calls in flight" in info.value.details()
+            assert config("B").protocol == wire.PROTOCOL  # the others are not starved
+            for poll in polls:
+                poll.result()
+            wait_until(lambda: agg.servicer.in_flight.count("A") == 0, 10, "A's slots back")
+            assert config("A").protocol == wire.PROTOCOL
+
+            # uploads: one at a time per scenario here (each holds a payload buffer)
+            stub.Join(pb.JoinRequest(scenario="B", spec_digest=fed.spec_digest, signature=sig),
+                      metadata=md["B"], timeout=10)  # fmt: skip
+            wait_until(lambda: fed.status().phase.value == "open", 20, "round 1")
+            before = fed.state_checksum()
+            enc = encode(fed.strategy.payload("A"), [t.name for t in fed.signature])
+
+            def stalled():  # the header, then nothing until released
+                stream = wire.submit_stream(enc, 1 << 20, scenario="A", round_number=1,
+                                            num_samples=10, metrics={})  # fmt: skip
+                yield next(stream)
+                release.wait(20)
+
+            first = stub.Submit.future(stalled(), metadata=md["A"], timeout=30)
+            wait_until(lambda: agg.servicer.in_flight.count("A") == 1, 10, "A's upload")
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Submit(wire.submit_stream(enc, 1 << 20, scenario="A", round_number=1,
+                                               num_samples=10, metrics={}),
+                            metadata=md["A"], timeout=10)  # fmt: skip
+            assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "already has 1 uploads in flight" in info.value.details()
+            release.set()
+            with pytest.raises(grpc.RpcError) as info:  # the stalled one ends truncated
+                first.result()
+            assert reason(info.value) == "stream-truncated"
+            assert fed.state_checksum() == before and fed.status().submitted == []
+            wait_until(lambda: agg.servicer.in_flight.count("A") == 0, 10, "A's slots back")
+    finally:
+        release.set()
         agg.stop(0)
 
 
