@@ -12,16 +12,13 @@ import argparse
 import os
 from pathlib import Path
 
-CONFIG_ENV = "MSMTREC_AGGREGATOR_CONFIG"
-
-
 # gRPC's C core logs handshake failures at INFO to stderr; our own messages say it better.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     from aggregator.settings import AggregatorSettings
-    from msmtrec.settings import add_settings_arguments
+    from msmtrec.settings import add_service_arguments
 
     p = sub.add_parser(
         "aggregator",
@@ -32,13 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "at http://STATUS_HOST:STATUS_PORT/v1/status. Settings: flag > env > --config file "
         "> default (docs/FEDERATION.md).",
     )
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=os.environ.get(CONFIG_ENV),
-        help=f"YAML/TOML/JSON settings file (env {CONFIG_ENV})",
-    )
-    add_settings_arguments(p, AggregatorSettings)
+    add_service_arguments(p, AggregatorSettings)
     p.set_defaults(func=run_serve)
     tools = p.add_subparsers(dest="aggregator_command", metavar="TOOL")
 

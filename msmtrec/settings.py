@@ -96,7 +96,7 @@ def check_environment(cls: type[BaseSettings], environ: Mapping[str, str] | None
     if not prefix:
         return
     known = [prefix + name.upper() for name in cls.model_fields]
-    known.append(prefix + "CONFIG")  # the config file's path, read by the service's CLI
+    known.append(config_env(cls).upper())  # the config file's path, read by the CLI
     env = os.environ if environ is None else environ
     unknown = sorted(k for k in env if k.upper().startswith(prefix) and k.upper() not in known)
     if not unknown:
@@ -157,6 +157,23 @@ def _default_text(cls: type[ServiceSettings], name: str) -> str:
     if isinstance(value, dict):
         return "{}" if not value else json.dumps(value)
     return str(value)
+
+
+def config_env(cls: type[BaseSettings]) -> str:
+    """The variable naming a service's config file: ``<PREFIX>CONFIG``."""
+    return f"{cls.model_config.get('env_prefix', '')}CONFIG"
+
+
+def add_service_arguments(parser: argparse.ArgumentParser, cls: type[ServiceSettings]) -> None:
+    """``--config FILE`` (default from :func:`config_env`) and one flag per setting."""
+    env = config_env(cls)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get(env),
+        help=f"YAML/TOML/JSON settings file (env {env})",
+    )
+    add_settings_arguments(parser, cls)
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[ServiceSettings]) -> None:

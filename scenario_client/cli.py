@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
-
-CONFIG_ENV = "MSMTREC_CLIENT_CONFIG"
-
 
 # gRPC's C core logs handshake failures at INFO to stderr; our own messages say it better.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from msmtrec.settings import add_settings_arguments
+    from msmtrec.settings import add_service_arguments
     from scenario_client.settings import ClientSettings
 
     p = sub.add_parser(
@@ -34,13 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "locally, submits its shared parameters, receives its personalized ones, evaluates "
         "them and survives aggregator restarts. Settings: flag > env > --config > default.",
     )
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=os.environ.get(CONFIG_ENV),
-        help=f"YAML/TOML/JSON settings file (env {CONFIG_ENV})",
-    )
-    add_settings_arguments(p, ClientSettings)
+    add_service_arguments(p, ClientSettings)
     p.set_defaults(func=run)
 
 
