@@ -18,7 +18,7 @@ from typing import Any
 from msmtrec.data.dataset import ScenarioData, ScenarioSplits
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
 from msmtrec.federation.client import ClientRuntime, round_seed
-from msmtrec.federation.config import FederationConfig, resolve_experiment
+from msmtrec.federation.config import FederationConfig, ResolvesExperiment
 from msmtrec.federation.strategy import Strategy
 from msmtrec.model.config import ModelConfig
 from msmtrec.model.mmoe import build_model
@@ -29,7 +29,7 @@ Log = Callable[[str], None]
 
 
 @dataclass
-class SimulationConfig:
+class SimulationConfig(ResolvesExperiment):
     data_dir: Path
     method: str = "pfmsmtrec"
     rounds: int = 10
@@ -41,17 +41,6 @@ class SimulationConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     federation_overrides: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
-
-    def federation(self) -> FederationConfig:
-        return self.resolved()[0]
-
-    def model_config(self) -> ModelConfig:
-        return self.resolved()[1]
-
-    def resolved(self) -> tuple[FederationConfig, ModelConfig]:
-        return resolve_experiment(
-            self.method, self.preset, self.federation_overrides, self.model_overrides
-        )
 
 
 @dataclass

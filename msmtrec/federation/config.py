@@ -109,6 +109,26 @@ def resolve_experiment(
     return fed, model
 
 
+class ResolvesExperiment:
+    """Mixed into the configurations that name an experiment (the simulation's and the
+    network's spec, both with ``method``, ``preset``, ``federation_overrides`` and
+    ``model_overrides``), so both resolve it through :func:`resolve_experiment`."""
+
+    def resolved(self) -> tuple[FederationConfig, ModelConfig]:
+        return resolve_experiment(
+            self.method,  # type: ignore[attr-defined]
+            self.preset,  # type: ignore[attr-defined]
+            self.federation_overrides,  # type: ignore[attr-defined]
+            self.model_overrides,  # type: ignore[attr-defined]
+        )
+
+    def federation(self) -> FederationConfig:
+        return self.resolved()[0]
+
+    def model_config(self) -> ModelConfig:
+        return self.resolved()[1]
+
+
 def resolve_method(name: str, **overrides: Any) -> FederationConfig:
     """Method name (a baseline, pfmsmtrec or one of its ablations) → its configuration."""
     base: dict[str, FederationConfig] = {

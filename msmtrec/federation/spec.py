@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
-from msmtrec.federation.config import FederationConfig, resolve_experiment
-from msmtrec.model.config import ModelConfig
+from msmtrec.federation.config import ResolvesExperiment
 from msmtrec.training.config import TrainConfig
 
 if TYPE_CHECKING:  # settings models read the spec; keep torch out of their import
@@ -30,7 +29,7 @@ SPEC_VERSION = 1
 
 
 @dataclass(frozen=True)
-class FederationSpec:
+class FederationSpec(ResolvesExperiment):
     """Method, model preset and overrides, seed, rounds, local training, validation split."""
 
     method: str = "pfmsmtrec"
@@ -42,18 +41,6 @@ class FederationSpec:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     federation_overrides: dict[str, Any] = field(default_factory=dict)
     schema: FeatureSchema = ALIEXPRESS
-
-    def federation(self) -> FederationConfig:
-        return self.resolved()[0]
-
-    def model_config(self) -> ModelConfig:
-        return self.resolved()[1]
-
-    def resolved(self) -> tuple[FederationConfig, ModelConfig]:
-        """Exactly as the simulation resolves it (one function for both)."""
-        return resolve_experiment(
-            self.method, self.preset, self.federation_overrides, self.model_overrides
-        )
 
     def initial_state(self) -> dict[str, torch.Tensor]:
         """The full initial state_dict every participant derives from the seed."""
