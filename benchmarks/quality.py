@@ -152,11 +152,67 @@ def per_scenario(results: list[dict], shift: str, methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _tasks(results: list[dict]) -> list[str]:
+    return list(next(iter(results[0]["test"].values())).keys())
+
+
+def paired_diffs(results: list[dict], ref: str, method: str, shift: str, task: str) -> list[float]:
+    """Macro test AUC of ``ref`` minus ``method``, one value per seed both have."""
+    index = {(r["method"], r["shift"], r["seed"]): r for r in results}
+    diffs = []
+    for (m, s, seed), r in sorted(index.items()):
+        other = index.get((ref, s, seed))
+        if m != method or s != shift or other is None:
+            continue
+        a, b = _macro(other["test"], task), _macro(r["test"], task)
+        if a is not None and b is not None:
+            diffs.append(a - b)
+    return diffs
+
+
+def plot_paired(results: list[dict], meta: dict, path: Path, ref: str = "pfmsmtrec") -> None:
+    """One panel per shift: ``ref`` minus each method, mean ± std over seeds, one bar per
+    task, each seed as a dot — where the zero line falls reads faster than the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in meta["methods"] if m != ref]
+    tasks, shifts = _tasks(results), meta["shifts"]
+    fig, axes = plt.subplots(
+        1, len(shifts), figsize=(5.5 * len(shifts), 0.42 * len(methods) + 1.6), sharey=True
+    )
+    axes = list(axes) if len(shifts) > 1 else [axes]
+    height = 0.8 / len(tasks)
+    for ax, shift in zip(axes, shifts, strict=True):
+        for j, task in enumerate(tasks):
+            ys, means, stds = [], [], []
+            for i, m in enumerate(methods):
+                d = paired_diffs(results, ref, m, shift, task)
+                y = i + (j - (len(tasks) - 1) / 2) * height
+                ys.append(y)
+                means.append(statistics.mean(d) if d else 0.0)
+                stds.append(statistics.stdev(d) if len(d) > 1 else 0.0)
+                ax.scatter(d, [y] * len(d), s=8, color="black", zorder=3)
+            ax.barh(ys, means, height=height, xerr=stds, label=task, alpha=0.75, capsize=2)
+        ax.axvline(0.0, color="grey", linewidth=0.8)
+        ax.set_title(f"{shift} concept shift")
+        ax.set_xlabel(f"test AUC, {ref} minus method (> 0: {ref} better)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(methods)), methods)
+    axes[0].invert_yaxis()
+    axes[-1].legend(loc="lower right")
+    fig.suptitle(f"Paired by seed ({len(meta['seeds'])} seeds): bars mean ± std, dots per seed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def paired(results: list[dict], shifts: list[str], methods: list[str], ref: str) -> str:
     """``ref`` minus each method, per seed (same data, same seed), then mean ± std: the
     between-seed spread of the data cancels, so these differences are the sharper read."""
-    tasks = list(next(iter(results[0]["test"].values())).keys())
-    index = {(r["method"], r["shift"], r["seed"]): r for r in results}
+    tasks = _tasks(results)
     head = "| " + ref + " minus | " + " | ".join(f"{s} {t}" for s in shifts for t in tasks) + " |"
     lines = [head, "|---" * (1 + len(shifts) * len(tasks)) + "|"]
     for m in methods:
@@ -165,14 +221,7 @@ def paired(results: list[dict], shifts: list[str], methods: list[str], ref: str)
         cells = []
         for s in shifts:
             for t in tasks:
-                diffs = []
-                for (mm, ss, seed), r in index.items():
-                    other = index.get((ref, ss, seed))
-                    if mm != m or ss != s or other is None:
-                        continue
-                    a, b = _macro(other["test"], t), _macro(r["test"], t)
-                    if a is not None and b is not None:
-                        diffs.append(a - b)
+                diffs = paired_diffs(results, ref, m, s, t)
                 wins = sum(d > 0 for d in diffs)
                 cells.append(f"{_fmt_signed(diffs)} ({wins}/{len(diffs)})" if diffs else "n/a")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
@@ -213,6 +262,8 @@ def render(results: list[dict], meta: dict) -> str:
             paired(results, shifts, methods, "pfmsmtrec"),
             "",
         ]
+        if meta.get("plot"):
+            report += [f"![pfmsmtrec minus each method, by shift and task]({meta['plot']})", ""]
     if meta.get("reading"):  # written by a person after the run, kept in the JSON
         report += ["## Reading", "", meta["reading"].strip(), ""]
     for shift in shifts:
@@ -223,6 +274,15 @@ def render(results: list[dict], meta: dict) -> str:
             "",
         ]
     return "\n".join(report)
+
+
+def write_report(out: Path, results: list[dict], meta: dict) -> None:
+    """The Markdown report and, when pfmsmtrec was compared, its paired-differences plot."""
+    if "pfmsmtrec" in meta["methods"] and len(meta["methods"]) > 1:
+        meta = {**meta, "plot": out.with_suffix(".png").name}
+        plot_paired(results, meta, out.with_suffix(".png"))
+    out.write_text(render(results, meta))
+    print(f"wrote {out}" + (f" and {meta['plot']}" if meta.get("plot") else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,8 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.report_only:
         saved = json.loads(args.out.with_suffix(".json").read_text())
-        args.out.write_text(render(saved["results"], saved["meta"]))
-        print(f"wrote {args.out}")
+        write_report(args.out, saved["results"], saved["meta"])
         return 0
     if args.quick:
         args.methods, args.seeds, args.rows, args.rounds = ["fedavg", "pfmsmtrec"], [0], 2000, 2
@@ -301,11 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(render(results, meta))
         args.out.with_suffix(".json").write_text(
             json.dumps({"meta": meta, "results": results}, indent=1)
         )
-        print(f"wrote {args.out}")
+        write_report(args.out, results, meta)
     print("\n" + table)
     return 0
 

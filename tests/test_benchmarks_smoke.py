@@ -66,3 +66,35 @@ def test_msmtrec_bench_lists_and_runs_by_name(tmp_path):
     assert "Parameter codec (benchmark 2)" in out.read_text()
     proc = _run(["-m", "msmtrec.cli", "bench", "nonsense"])
     assert proc.returncode == 2 and "unknown benchmark" in proc.stdout
+
+
+def test_quality_report_is_rendered_from_its_json_with_plot_and_reading(tmp_path):
+    """--report-only rebuilds quality.md (and the paired plot) from the committed JSON; the
+    paired differences are recomputed here from the raw per-scenario AUCs."""
+    import json
+    import statistics
+
+    saved = json.loads((REPO / "benchmarks" / "results" / "quality.json").read_text())
+    (tmp_path / "quality.json").write_text(json.dumps(saved))
+    out = tmp_path / "quality.md"
+    proc = _run([str(REPO / "benchmarks" / "quality.py"), "--report-only", "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    png = tmp_path / "quality.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert "![pfmsmtrec minus each method, by shift and task](quality.png)" in text
+    assert "## Reading" in text and saved["meta"]["reading"].strip()[:60] in text
+
+    def macro(r, task):
+        return statistics.mean(s[task]["auc"] for s in r["test"].values())
+
+    runs = {(r["method"], r["shift"], r["seed"]): r for r in saved["results"]}
+    diffs = [
+        macro(runs["pfmsmtrec", "high", seed], "ctr") - macro(runs["fedavg", "high", seed], "ctr")
+        for seed in saved["meta"]["seeds"]
+    ]
+    row = next(line for line in text.splitlines() if line.startswith("| fedavg | +") or
+               line.startswith("| fedavg | -"))  # fmt: skip
+    wins = sum(d > 0 for d in diffs)
+    expected = f"{statistics.mean(diffs):+.4f} ± {statistics.stdev(diffs):.4f} ({wins}/3)"
+    assert row.split(" | ")[3] == expected, row
