@@ -235,8 +235,13 @@ def test_blockwise_coordination_matches_the_stacked_reference(monkeypatch):
     client."""
     import msmtrec.federation.strategy as st
 
-    monkeypatch.setattr(st, "BLOCK_ELEMENTS", 4096)  # many blocks per expert tensor
+    # many column blocks per expert tensor, and Gram slices that do not divide them
+    monkeypatch.setattr(st, "BLOCK_ELEMENTS", 1024)
+    monkeypatch.setattr(st, "MIN_BLOCK_COLUMNS", 256)
+    monkeypatch.setattr(st, "GRAM_COLUMNS", 100)
     s = _strategy()
+    numel = max(s.initial[n][0].numel() for n in s.expert_names)
+    assert len(list(st._column_blocks(numel, len(CLIENTS)))) > 3
     s.aggregate(_random_updates(s, 0))  # a first round, so the next one has a hyper step
     ups = sorted(_random_updates(s, 1), key=lambda u: u.client_id)
     ids = [u.client_id for u in ups]
