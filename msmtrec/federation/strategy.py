@@ -87,6 +87,12 @@ class _DeltaBlocks:
         self.narrow = torch.empty(clients, cols, dtype=dtype)
         self.wide = torch.empty(clients, cols, dtype=torch.float64)
 
+    @classmethod
+    def reuse(cls, blocks: _DeltaBlocks | None, clients: int, dtype: torch.dtype) -> _DeltaBlocks:
+        """``blocks`` if it fits ``dtype`` (buffers are allocated once per pass), else new."""
+        fits = blocks is not None and blocks.narrow.dtype == dtype
+        return blocks if fits else cls(clients, dtype)
+
     def block(
         self, ends: Sequence[torch.Tensor], starts: Sequence[torch.Tensor], lo: int, hi: int
     ) -> torch.Tensor:
@@ -298,8 +304,7 @@ class Strategy:
         for n in self.expert_names:
             previous = self.last_expert_update.get(n) if with_grad_a else None
             numel = self.initial[n][0].numel()
-            if blocks is None or blocks.narrow.dtype != self.initial[n].dtype:
-                blocks = _DeltaBlocks(len(ids), self.initial[n].dtype)
+            blocks = _DeltaBlocks.reuse(blocks, len(ids), self.initial[n].dtype)
             for k in range(self.num_experts):
                 e, s = self._flat(ids, ends, n, k), self._flat(ids, starts, n, k)
                 prev = previous[k].reshape(-1) if previous is not None else None
@@ -334,8 +339,7 @@ class Strategy:
             flat_out = torch.empty(current.numel(), dtype=current.dtype)
             flat_cur = current.reshape(-1)
             e, s = self._flat(ids, ends, n), self._flat(ids, starts, n)
-            if blocks is None or blocks.narrow.dtype != current.dtype:
-                blocks = _DeltaBlocks(len(ids), current.dtype)
+            blocks = _DeltaBlocks.reuse(blocks, len(ids), current.dtype)
             for lo, hi in _column_blocks(current.numel(), len(ids)):
                 d = blocks.block(e, s, lo, hi)
                 a = acc[: hi - lo]
@@ -375,8 +379,7 @@ class Strategy:
             ref = self.initial[n]
             numel = ref[0].numel()
             both = torch.empty(self.num_experts, 2, numel, dtype=torch.float64)
-            if blocks is None or blocks.narrow.dtype != ref.dtype:
-                blocks = _DeltaBlocks(clients, ref.dtype)
+            blocks = _DeltaBlocks.reuse(blocks, clients, ref.dtype)
             for k in range(self.num_experts):
                 e, s = self._flat(ids, ends, n, k), self._flat(ids, starts, n, k)
                 r = rows[k]
