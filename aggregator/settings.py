@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from msmtrec.federation.config import METHODS
+from msmtrec.federation.config import METHODS, experiment_overrides
 from msmtrec.federation.spec import FederationSpec
 from msmtrec.model.config import PRESETS
 from msmtrec.settings import NO_CLI, ServiceSettings
@@ -148,23 +148,7 @@ class AggregatorSettings(ServiceSettings):
         return v
 
     def spec(self) -> FederationSpec:
-        model_overrides = {
-            k: v
-            for k, v in {"template": self.template, "ctcvr_head": self.ctcvr_head}.items()
-            if v is not None
-        }
-        fed_overrides = {
-            k: v
-            for k, v in {
-                "mu": self.mu,
-                "conflict": self.conflict,
-                "ca_alpha": self.ca_alpha,
-                "ca_rescale": self.ca_rescale,
-                "template_l2": self.template_l2,
-                "template": self.template,
-            }.items()
-            if v is not None
-        }
+        fed_overrides, model_overrides = experiment_overrides(self)
         return FederationSpec(
             method=self.method,
             preset=self.preset,

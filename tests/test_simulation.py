@@ -114,3 +114,26 @@ def test_simulate_flags_reach_the_federation_config(tmp_path):
     tuned = fed("--template-l2", "0.01", "--mu", "0.1", "--conflict", "pcgrad")
     assert (tuned.template_l2, tuned.mu, tuned.conflict) == (0.01, 0.1, "pcgrad")
     assert fed("--strategy", "pfmsmtrec-no-shrink").template_l2 == 0.0
+
+
+def test_aggregator_settings_and_simulate_flags_resolve_the_same_experiment(tmp_path):
+    """The network's spec and the simulation take the same knobs through one mapping, so a
+    knob added to one cannot be silently missing from the other."""
+    from aggregator.settings import AggregatorSettings
+    from msmtrec.cli import build_parser
+    from msmtrec.commands.simulate import config_from_args
+
+    flags = "--template-l2 0.02 --mu 0.05 --conflict pcgrad --ca-alpha 0.3 --ca-rescale none"
+    flags += " --template two_part --ctcvr-head esmm"
+    args = build_parser().parse_args(["simulate", "--data", str(tmp_path), *flags.split()])
+    settings = AggregatorSettings(
+        insecure_dev=True, scenarios=["A"], template_l2=0.02, mu=0.05, conflict="pcgrad",
+        ca_alpha=0.3, ca_rescale="none", template="two_part", ctcvr_head="esmm",
+    )  # fmt: skip
+    simulated, networked = config_from_args(args).resolved(), settings.spec().resolved()
+    assert simulated == networked
+    fed, model = networked
+    assert (fed.template_l2, fed.mu, fed.conflict, fed.ca_alpha, fed.ca_rescale) == (
+        0.02, 0.05, "pcgrad", 0.3, "none",
+    )  # fmt: skip
+    assert (fed.template, model.template, model.ctcvr_head) == ("two_part", "two_part", "esmm")

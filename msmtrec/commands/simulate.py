@@ -83,21 +83,10 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    from msmtrec.federation.config import experiment_overrides
     from msmtrec.simulation import SimulationConfig
 
-    model_overrides = {}
-    if args.template:
-        model_overrides["template"] = args.template
-    if args.ctcvr_head:
-        model_overrides["ctcvr_head"] = args.ctcvr_head
-    fed_overrides = {
-        "mu": args.mu,
-        "conflict": args.conflict,
-        "ca_alpha": args.ca_alpha,
-        "ca_rescale": args.ca_rescale,
-        "template": args.template,
-        "template_l2": args.template_l2,
-    }
+    fed_overrides, model_overrides = experiment_overrides(args)
     return SimulationConfig(
         data_dir=args.data,
         method=args.method,
@@ -113,7 +102,7 @@ def config_from_args(args: argparse.Namespace):
             local_epochs=args.local_epochs,
         ),
         model_overrides=model_overrides,
-        federation_overrides={k: v for k, v in fed_overrides.items() if v is not None},
+        federation_overrides=fed_overrides,
         progress=args.progress,
     )
 

@@ -109,6 +109,22 @@ def resolve_experiment(
     return fed, model
 
 
+# Knobs a user may set over a method's defaults (flags of `simulate`, aggregator settings).
+FEDERATION_KNOBS = ("mu", "conflict", "ca_alpha", "ca_rescale", "template", "template_l2")
+MODEL_KNOBS = ("template", "ctcvr_head")
+
+
+def experiment_overrides(source: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(federation, model) overrides from the knobs ``source`` sets (attributes not None):
+    the one mapping from command-line flags or service settings to :func:`resolve_experiment`."""
+
+    def pick(names: tuple[str, ...]) -> dict[str, Any]:
+        values = {n: getattr(source, n, None) for n in names}
+        return {n: v for n, v in values.items() if v is not None}
+
+    return pick(FEDERATION_KNOBS), pick(MODEL_KNOBS)
+
+
 class ResolvesExperiment:
     """Mixed into the configurations that name an experiment (the simulation's and the
     network's spec, both with ``method``, ``preset``, ``federation_overrides`` and
