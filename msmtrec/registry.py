@@ -285,8 +285,6 @@ class ModelRegistry:
             raise ValueError("round must be >= 0")
         model = _model_of(source)
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-        weights = st_save(state, metadata={"format": "pt", "scenario": scenario})
-        digest = hashlib.sha256(weights).hexdigest()
         content = tensors_digest(state)
         extra = dict(extra or {})
         meta: dict[str, Any] = {
@@ -299,12 +297,6 @@ class ModelRegistry:
             "tasks": list(model.tasks),
             "metrics": _jsonable(metrics or {}),
             "extra": _jsonable(extra),
-            "weights": {
-                "file": WEIGHTS_FILE,
-                "sha256": digest,
-                "content_sha256": content,
-                "bytes": len(weights),
-            },
             "parameters": sum(p.numel() for p in model.parameters()),
             "torch_version": torch.__version__,
         }
@@ -313,6 +305,14 @@ class ModelRegistry:
             served = self._served_identical(sdir, content, int(round))
             if served is not None:
                 return served  # e.g. a client restarted after the last round: nothing new
+            # serialized only now: a republished model costs one digest, not a file's worth
+            weights = st_save(state, metadata={"format": "pt", "scenario": scenario})
+            meta["weights"] = {
+                "file": WEIGHTS_FILE,
+                "sha256": hashlib.sha256(weights).hexdigest(),
+                "content_sha256": content,
+                "bytes": len(weights),
+            }
             seq = self._next_sequence(sdir)
             version = f"v{seq:06d}-r{int(round):05d}-{content[:8]}"
             now = datetime.now(UTC)
