@@ -50,8 +50,8 @@ from msmtrec.codec import (
     with_meta,
 )
 from msmtrec.faults import fault_point
-from msmtrec.federation.spec import FederationSpec
 from msmtrec.federation.strategy import ClientUpdate, Strategy
+from msmtrec.spec import FederationSpec
 
 log = logging.getLogger("aggregator")
 

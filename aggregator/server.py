@@ -21,15 +21,16 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from aggregator.auth import TokenTable, check_scenario_name, load_tokens
 from aggregator.checkpoint import CheckpointStore
 from aggregator.federation import CheckpointFailure, Federation
 from aggregator.metrics import FederationMetrics
 from aggregator.service import CallLimits, FederationServicer
 from aggregator.settings import AggregatorSettings
 from aggregator.status_api import StatusServer, create_app
+from msmtrec.identity import check_scenario_name
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+from servicekit.auth import TokenTable, load_tokens
 
 log = logging.getLogger("aggregator")
 

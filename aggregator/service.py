@@ -20,15 +20,16 @@ from typing import Any
 
 import grpc
 
-from aggregator.auth import TokenTable, bearer_token, check_scenario_name
 from aggregator.errors import REASON_KEY, Refusal, invalid
 from aggregator.federation import Federation, Hooks, NoHooks, Status
 from aggregator.rounds import Phase
 from msmtrec import __version__
 from msmtrec.codec import Assembler, CodecError
+from msmtrec.identity import check_scenario_name
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+from servicekit.auth import TokenTable, bearer_token
 
 log = logging.getLogger("aggregator.service")
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aggregator.federation import Federation
 from aggregator.metrics import FederationMetrics
 from msmtrec import __version__
-from msmtrec.http_limits import BoundedHttpToolsProtocol
+from servicekit.http_limits import BoundedHttpToolsProtocol
 
 
 class StatusModel(BaseModel):

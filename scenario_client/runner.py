@@ -39,7 +39,7 @@ from msmtrec.codec import (
 )
 from msmtrec.faults import fault_point
 from msmtrec.federation.client import ClientRuntime
-from msmtrec.federation.spec import FederationSpec
+from msmtrec.spec import FederationSpec
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from scenario_client.connection import Backoff, ClientError, Connection, Refused

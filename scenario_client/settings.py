@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from msmtrec.settings import NO_CLI, ServiceSettings
+from servicekit.settings import NO_CLI, ServiceSettings
 
 
 class ClientSettings(ServiceSettings):

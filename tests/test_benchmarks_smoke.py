@@ -55,16 +55,16 @@ def test_quick_without_out_writes_nothing(tmp_path):
 
 
 def test_msmtrec_bench_lists_and_runs_by_name(tmp_path):
-    proc = _run(["-m", "msmtrec.cli", "bench", "--list"])
+    proc = _run(["-m", "msmtrec_app.cli", "bench", "--list"])
     assert proc.returncode == 0, proc.stderr
     for name in ("training", "codec", "round", "aggregation", "loading", "gateway"):
         assert name in proc.stdout
     out = tmp_path / "perf.md"
-    proc = _run(["-m", "msmtrec.cli", "bench", "codec", "--quick", "--out", str(out)])
+    proc = _run(["-m", "msmtrec_app.cli", "bench", "codec", "--quick", "--out", str(out)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "=== codec: exit 0" in proc.stdout
     assert "Parameter codec (benchmark 2)" in out.read_text()
-    proc = _run(["-m", "msmtrec.cli", "bench", "nonsense"])
+    proc = _run(["-m", "msmtrec_app.cli", "bench", "nonsense"])
     assert proc.returncode == 2 and "unknown benchmark" in proc.stdout
 
 

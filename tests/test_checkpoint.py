@@ -11,7 +11,7 @@ from aggregator.checkpoint import CheckpointStore
 from aggregator.federation import Federation
 from aggregator.rounds import Phase
 from msmtrec.codec import decode, encode
-from msmtrec.federation.spec import FederationSpec
+from msmtrec.spec import FederationSpec
 
 
 def _state(v: float) -> dict[str, torch.Tensor]:

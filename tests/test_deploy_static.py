@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import yaml
 
-from msmtrec.cli import build_parser
-from msmtrec.commands.deploy import DEFAULT_SCENARIOS, dev_secrets
+from msmtrec_app.cli import build_parser
+from msmtrec_app.commands.deploy import DEFAULT_SCENARIOS, dev_secrets
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
@@ -176,7 +176,7 @@ def _container_ports(svc: dict) -> set[int]:
 
 def _healthcheck_url(svc: dict) -> str:
     test = svc["healthcheck"]["test"]
-    assert test[:4] == ["CMD", "python", "-m", "msmtrec.commands.healthcheck"], test
+    assert test[:4] == ["CMD", "python", "-m", "msmtrec_app.commands.healthcheck"], test
     return test[test.index("--url") + 1]
 
 
@@ -322,7 +322,7 @@ def test_dockerfile_entrypoint_cmd_user_and_healthcheck(parser):
     options, _, command = health.partition("CMD")
     assert "--interval=" in options and "--timeout=" in options
     probe = json.loads(command.strip())
-    assert probe == ["python", "-m", "msmtrec.commands.healthcheck"]
+    assert probe == ["python", "-m", "msmtrec_app.commands.healthcheck"]
     default_url = next(
         rest.split("=", 1)[1] for instr, rest in ins if instr == "ENV" and "HEALTH_URL" in rest
     )

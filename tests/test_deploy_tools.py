@@ -16,17 +16,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from msmtrec.cli import main
-from msmtrec.commands.deploy import dev_secrets, init_data
-from msmtrec.commands.up import (
+from msmtrec.data.schema import ALIEXPRESS
+from msmtrec.data.synth import SynthConfig, synthesize
+from msmtrec_app.cli import main
+from msmtrec_app.commands.deploy import dev_secrets, init_data
+from msmtrec_app.commands.up import (
     DEFAULT_PORTS,
     UpError,
     example_instances,
     resolve_ports,
     show_line,
 )
-from msmtrec.data.schema import ALIEXPRESS
-from msmtrec.data.synth import SynthConfig, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def http_server() -> Iterator[str]:
 def probe(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The probe exactly as the image's HEALTHCHECK runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "msmtrec.commands.healthcheck", *args],
+        [sys.executable, "-m", "msmtrec_app.commands.healthcheck", *args],
         capture_output=True, text=True, timeout=60, cwd=REPO,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
@@ -83,7 +83,7 @@ def test_healthcheck_is_light_and_also_a_cli_command(http_server):
     """Docker runs it every few seconds: it must not import torch or the services."""
     code = (
         "import runpy, sys; sys.argv = ['x', '--url', sys.argv[1]];"
-        "\ntry: runpy.run_module('msmtrec.commands.healthcheck', run_name='__main__')"
+        "\ntry: runpy.run_module('msmtrec_app.commands.healthcheck', run_name='__main__')"
         "\nexcept SystemExit as e: code = e.code"
         "\nheavy = [m for m in ('torch', 'fastapi', 'grpc', 'numpy') if m in sys.modules]"
         "\nprint(code, heavy)"

@@ -63,7 +63,7 @@ class UpProcess:
         self.console = run_dir.parent / f"{run_dir.name}-console.log"
         self._out = open(self.console, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "msmtrec.cli", "up", "--run-dir", str(run_dir), *args],
+            [sys.executable, "-m", "msmtrec_app.cli", "up", "--run-dir", str(run_dir), *args],
             cwd=REPO,
             stdout=self._out,
             stderr=subprocess.STDOUT,
@@ -265,7 +265,7 @@ def test_up_refuses_a_busy_port_it_was_asked_for(tmp_path):
         port = s.getsockname()[1]
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", "msmtrec.cli", "up", "--run-dir", str(tmp_path / "busy"),
+            [sys.executable, "-m", "msmtrec_app.cli", "up", "--run-dir", str(tmp_path / "busy"),
              "--gateway-port", str(port)],
             cwd=REPO, capture_output=True, text=True, timeout=120,
         )  # fmt: skip

@@ -20,13 +20,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from helpers.processes import free_port, wait_until
 
-from aggregator.auth import make_tokens
 from aggregator.server import Aggregator
 from aggregator.settings import AggregatorSettings
 from msmtrec.codec import Encoded, TensorSpec, decode, encode
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+from servicekit.auth import make_tokens
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -18,9 +18,9 @@ from helpers.processes import get_json, wait_until
 from safetensors.torch import load_file
 
 from aggregator.checkpoint import CheckpointStore
-from msmtrec.federation.spec import FederationSpec
 from msmtrec.federation.strategy import Strategy
 from msmtrec.simulation import run_simulation
+from msmtrec.spec import FederationSpec
 from scenario_client.state import FILE as CLIENT_STATE_FILE
 
 START = 120  # seconds: process start-up on a busy 2-core machine (torch + sklearn imports)

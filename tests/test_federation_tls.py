@@ -12,12 +12,12 @@ import pytest
 from helpers.federation import Federation
 from helpers.processes import free_port
 
-from aggregator.auth import make_tokens
-from aggregator.certs import make_dev_certs
 from aggregator.server import Aggregator
 from aggregator.settings import AggregatorSettings
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+from servicekit.auth import make_tokens
+from servicekit.certs import make_dev_certs
 
 START = 120
 

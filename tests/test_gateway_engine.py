@@ -99,7 +99,7 @@ def test_parse_errors_name_instance_and_field(plan, change, message):
 
 def test_settings_flags_override_environment(monkeypatch, tmp_path):
     from gateway.cli import settings_from_args
-    from msmtrec.cli import build_parser
+    from msmtrec_app.cli import build_parser
 
     monkeypatch.setenv("MSMTREC_GATEWAY_REGISTRY", str(tmp_path))
     monkeypatch.setenv("MSMTREC_GATEWAY_MAX_BATCH", "64")

@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from aggregator.settings import AggregatorSettings
-from msmtrec.cli import build_parser
-from msmtrec.settings import load_settings, overrides_from_args, settings_table
+from msmtrec_app.cli import build_parser
 from scenario_client.settings import ClientSettings
+from servicekit.settings import load_settings, overrides_from_args, settings_table
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "FEDERATION.md"
 
@@ -94,7 +94,7 @@ def test_a_misspelt_environment_variable_is_refused_with_a_suggestion(monkeypatc
 
 
 def test_the_gateway_refuses_unknown_environment_variables(monkeypatch, tmp_path, capsys):
-    from msmtrec.cli import main
+    from msmtrec_app.cli import main
 
     monkeypatch.setenv("MSMTREC_GATEWAY_MAXBATCH", "10")
     assert main(["gateway", "--registry", str(tmp_path)]) == 2

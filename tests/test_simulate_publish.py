@@ -7,9 +7,9 @@ import torch
 from conftest import make_splits
 from gateway_support import eager_probs, fixture_instances, running_gateway, wait_ready
 
-from msmtrec.cli import main
 from msmtrec.data.loader import write_split
 from msmtrec.registry import ModelRegistry
+from msmtrec_app.cli import main
 
 
 def test_simulate_publishes_every_round_and_the_gateway_serves_it(tmp_path, capsys):

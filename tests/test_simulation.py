@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from msmtrec.cli import main
 from msmtrec.data.synth import SynthConfig, synthesize
 from msmtrec.federation.config import METHODS
 from msmtrec.simulation import SimulationConfig, load_splits, run_simulation
 from msmtrec.training.trainer import TrainConfig
+from msmtrec_app.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +102,8 @@ def test_cli_rejects_unknown_strategy(synth_dir, capsys):
 
 
 def test_simulate_flags_reach_the_federation_config(tmp_path):
-    from msmtrec.cli import build_parser
-    from msmtrec.commands.simulate import config_from_args
+    from msmtrec_app.cli import build_parser
+    from msmtrec_app.commands.simulate import config_from_args
 
     def fed(*flags):
         args = build_parser().parse_args(["simulate", "--data", str(tmp_path), *flags])
@@ -120,8 +120,8 @@ def test_aggregator_settings_and_simulate_flags_resolve_the_same_experiment(tmp_
     """The network's spec and the simulation take the same knobs through one mapping, so a
     knob added to one cannot be silently missing from the other."""
     from aggregator.settings import AggregatorSettings
-    from msmtrec.cli import build_parser
-    from msmtrec.commands.simulate import config_from_args
+    from msmtrec_app.cli import build_parser
+    from msmtrec_app.commands.simulate import config_from_args
 
     flags = "--template-l2 0.02 --mu 0.05 --conflict pcgrad --ca-alpha 0.3 --ca-rescale none"
     flags += " --template two_part --ctcvr-head esmm"

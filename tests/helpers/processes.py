@@ -31,11 +31,11 @@ def free_port() -> int:
 
 
 class ManagedProcess:
-    """A ``python -m msmtrec.cli ...`` subprocess whose output goes to a log file."""
+    """A ``python -m msmtrec_app.cli ...`` subprocess whose output goes to a log file."""
 
     def __init__(self, name: str, args: Sequence[str], log_dir: Path, env: dict | None = None):
         self.name = name
-        self.args = [sys.executable, "-m", "msmtrec.cli", *args]
+        self.args = [sys.executable, "-m", "msmtrec_app.cli", *args]
         self.log_path = Path(log_dir) / f"{name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()

@@ -249,7 +249,7 @@ class Child:
     def start(self, env: dict[str, str]) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "msmtrec.cli", *self.args],
+                [sys.executable, "-m", "msmtrec_app.cli", *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -421,8 +421,8 @@ class Up:
             self.data_dir = args.data.resolve()
             say(f"data: {self.data_dir} ({' '.join(self.scenarios)})")
             return
-        from msmtrec.commands.deploy import init_data
         from msmtrec.data.synth import SynthConfig
+        from msmtrec_app.commands.deploy import init_data
 
         self.scenarios = list(args.scenarios or DEFAULT_SCENARIOS)
         self.data_dir = (self.run_dir / "data").resolve()
@@ -456,7 +456,7 @@ class Up:
     def prepare_secrets(self) -> dict[str, Path]:
         """Token files (and TLS material with --tls). Development only: random, 0600, in the
         run directory, replaced on every run unless --tokens-dir is given."""
-        from aggregator.auth import make_tokens
+        from servicekit.auth import make_tokens
 
         if self.args.tokens_dir is not None:
             tdir = self.args.tokens_dir
@@ -469,7 +469,7 @@ class Up:
             paths = make_tokens(self.scenarios, self.run_dir / "secrets")
             say(f"tokens: fresh development tokens in {self.run_dir / 'secrets'} (mode 0600)")
         if self.args.tls:
-            from aggregator.certs import make_dev_certs
+            from servicekit.certs import make_dev_certs
 
             hosts = list(dict.fromkeys([self.args.host, "127.0.0.1", "localhost"]))
             certs = make_dev_certs(self.run_dir / "secrets" / "tls", (), hosts, 7)

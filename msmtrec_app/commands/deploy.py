@@ -181,8 +181,8 @@ def dev_secrets(
     (outside swarm it cannot change them), and the services run as uid 10001, not as you;
     a 0600 file would be unreadable inside the container.
     """
-    from aggregator.auth import make_tokens
-    from aggregator.certs import make_dev_certs
+    from servicekit.auth import make_tokens
+    from servicekit.certs import make_dev_certs
 
     out = Path(out)
     paths: dict[str, Path] = {}

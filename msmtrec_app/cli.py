@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,17 +17,33 @@ from msmtrec import __version__
 
 # module with a ``register(subparsers)`` function, per area
 COMMAND_MODULES: tuple[str, ...] = (
-    "msmtrec.commands.simulate",
+    "msmtrec_app.commands.simulate",
     "msmtrec.data.cli",
-    "msmtrec.commands.demo",
+    "msmtrec_app.commands.demo",
     "aggregator.cli",
     "scenario_client.cli",
     "gateway.cli",
-    "msmtrec.commands.up",
-    "msmtrec.commands.deploy",
-    "msmtrec.commands.healthcheck",
-    "msmtrec.commands.bench",
+    "msmtrec_app.commands.up",
+    "msmtrec_app.commands.deploy",
+    "msmtrec_app.commands.healthcheck",
+    "msmtrec_app.commands.bench",
 )
+
+
+def apply_process_defaults() -> None:
+    """Process-wide defaults, set by the entry point before anything imports torch.
+
+    ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment already sets it). With the default
+    (active) policy, torch's OpenMP threads spin at every barrier; when other processes share
+    the cores — the normal case here: an aggregator, several clients and a gateway on one
+    machine, or CI — the spinning threads steal the cores from the working one. Measured on a
+    busy 2-core machine with 2 torch threads: a ``small``-preset training step 3-11× faster, a
+    ``paper`` step 1.3-1.6× faster (benchmarks/results/performance.md). Set
+    ``OMP_WAIT_POLICY=ACTIVE`` to get spinning back on a dedicated machine. Children started
+    by ``msmtrec up`` inherit it. It lives here, not in ``msmtrec/__init__``, so that importing
+    the library never changes the caller's environment.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +87,7 @@ def existing_dir(value: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    apply_process_defaults()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

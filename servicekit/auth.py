@@ -12,7 +12,6 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -20,17 +19,9 @@ from pathlib import Path
 import yaml
 from pydantic import SecretStr
 
-SCENARIO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+from msmtrec.identity import check_scenario_name
+
 MIN_TOKEN_CHARS = 16
-
-
-def check_scenario_name(name: str) -> str:
-    if not SCENARIO_RE.match(name):
-        raise ValueError(
-            f"invalid scenario name {name!r}: 1-64 letters, digits, '_' or '-', starting with "
-            "a letter or digit (it names directories in the model registry)"
-        )
-    return name
 
 
 class TokenTable:

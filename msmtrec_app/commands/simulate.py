@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_simulation_args(p: argparse.ArgumentParser) -> None:
-    from msmtrec.cli import add_threads_flag, existing_dir
+    from msmtrec_app.cli import add_threads_flag, existing_dir
 
     p.add_argument(
         "--data",

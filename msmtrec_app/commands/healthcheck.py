@@ -4,7 +4,7 @@ Why a module of its own that imports only the standard library: Docker runs the 
 HEALTHCHECK every few seconds in every container, and going through the ``msmtrec`` console
 script would import torch and every service's settings each time (seconds of CPU and a few
 hundred MB per probe, on every container). The image therefore runs
-``python -m msmtrec.commands.healthcheck``, which costs a few milliseconds; ``msmtrec
+``python -m msmtrec_app.commands.healthcheck``, which costs a few milliseconds; ``msmtrec
 healthcheck`` is the same probe for humans and scripts.
 
 The URL comes from ``--url``, else ``MSMTREC_HEALTH_URL``, else the gateway's (and the
@@ -70,14 +70,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "healthcheck",
         help="GET a health URL and exit 0 when it answers 2xx (the images' HEALTHCHECK)",
         description="The container health probe. Docker images run the same code as "
-        "`python -m msmtrec.commands.healthcheck`, which skips the heavy imports.",
+        "`python -m msmtrec_app.commands.healthcheck`, which skips the heavy imports.",
     )
     _add_arguments(p)
     p.set_defaults(func=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m msmtrec.commands.healthcheck")
+    parser = argparse.ArgumentParser(prog="python -m msmtrec_app.commands.healthcheck")
     _add_arguments(parser)
     return run(parser.parse_args(argv))
 
