@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import torch
 
 from aggregator.checkpoint import Checkpoint, CheckpointStore, atomic_write_bytes
-from aggregator.errors import Refusal, invalid, precondition
+from aggregator.errors import Reason, Refusal
 from aggregator.rounds import Action, Phase, RoundMachine, RoundRules
 from msmtrec.codec import (
     CodecError,
@@ -142,13 +142,15 @@ class Payload:
 
 def _finite_metrics(metrics: Mapping[str, float], what: str) -> dict[str, float]:
     if len(metrics) > MAX_METRICS:
-        raise invalid("bad-metrics", f"{what}: at most {MAX_METRICS} entries")
+        raise Refusal(Reason.BAD_METRICS, f"{what}: at most {MAX_METRICS} entries")
     out = {}
     for k, v in metrics.items():
         if not k or len(k) > MAX_KEY_CHARS:
-            raise invalid("bad-metrics", f"{what}: key {k[:80]!r} must be 1-{MAX_KEY_CHARS} chars")
+            raise Refusal(
+                Reason.BAD_METRICS, f"{what}: key {k[:80]!r} must be 1-{MAX_KEY_CHARS} chars"
+            )
         if not math.isfinite(v):
-            raise invalid("bad-metrics", f"{what}: {k} is not finite")
+            raise Refusal(Reason.BAD_METRICS, f"{what}: {k} is not finite")
         out[str(k)] = float(v)
     return out
 
@@ -314,8 +316,7 @@ class Federation:
     def check_scenario(self, scenario: str) -> None:
         if scenario not in self.scenarios:
             raise Refusal(
-                "PERMISSION_DENIED",
-                "unknown-scenario",
+                Reason.UNKNOWN_SCENARIO,
                 f"scenario {scenario!r} is not part of this federation "
                 f"({', '.join(self.scenarios)})",
             )
@@ -338,14 +339,14 @@ class Federation:
     ) -> tuple[str, Status]:
         self.check_scenario(scenario)
         if spec_digest != self.spec_digest:
-            raise precondition(
-                "spec-mismatch",
+            raise Refusal(
+                Reason.SPEC_MISMATCH,
                 "the client built its model from another federation spec; fetch GetConfig "
                 "again (the aggregator may have been restarted with other settings)",
             )
         problem = compare_signatures(signature, self.expected)
         if problem is not None:
-            raise precondition("signature-mismatch", f"model signature differs: {problem}")
+            raise Refusal(Reason.SIGNATURE_MISMATCH, f"model signature differs: {problem}")
         with self._cond:
             rec = self.machine.join(scenario, self.clock(), num_train_samples)
             rec.final_fetched = rec.final_reported = False
@@ -383,8 +384,9 @@ class Federation:
 
     def _require_joined(self, scenario: str) -> None:
         if scenario not in self.machine.clients:
-            raise precondition(
-                "not-joined", f"scenario {scenario} has not joined (or the aggregator restarted)"
+            raise Refusal(
+                Reason.NOT_JOINED,
+                f"scenario {scenario} has not joined (or the aggregator restarted)",
             )
 
     def payload(self, scenario: str, requested_round: int = 0) -> Payload:
@@ -398,12 +400,12 @@ class Federation:
             elif m.phase is Phase.OPEN:
                 final = False
                 if requested_round not in (0, m.round):
-                    raise precondition(
-                        "wrong-round",
+                    raise Refusal(
+                        Reason.WRONG_ROUND,
                         f"round {requested_round} is not open; the current round is {m.round}",
                     )
             else:
-                raise precondition("not-open", m.message(self.clock()))
+                raise Refusal(Reason.NOT_OPEN, m.message(self.clock()))
             key = (scenario, self.strategy.round)
             encoded = self._payloads.get(key)
             if encoded is None:
@@ -442,11 +444,11 @@ class Federation:
                 max_bytes=self.max_payload_bytes,
             )  # fmt: skip
         except SizeLimitError as exc:
-            raise Refusal("RESOURCE_EXHAUSTED", "too-large", str(exc)) from exc
+            raise Refusal(Reason.TOO_LARGE, str(exc)) from exc
         except CodecError as exc:
-            raise invalid("bad-manifest", str(exc)) from exc
+            raise Refusal(Reason.BAD_MANIFEST, str(exc)) from exc
         if num_samples <= 0:
-            raise invalid("bad-num-samples", "num_samples must be positive")
+            raise Refusal(Reason.BAD_NUM_SAMPLES, "num_samples must be positive")
         clean = _finite_metrics(metrics, "metrics")
         with self._cond:
             self._check_round_open(scenario, round_number)
@@ -458,14 +460,14 @@ class Federation:
         m = self.machine
         self._require_joined(scenario)
         if m.phase is Phase.FINISHED:
-            raise precondition(
-                "finished", f"the federation finished after round {m.completed}; "
+            raise Refusal(
+                Reason.FINISHED, f"the federation finished after round {m.completed}; "
                 f"round {round_number} takes no more submissions",
             )  # fmt: skip
         if m.phase is not Phase.OPEN or round_number != m.round:
             state = "open" if m.phase is Phase.OPEN else m.phase.value
-            raise precondition(
-                "wrong-round",
+            raise Refusal(
+                Reason.WRONG_ROUND,
                 f"round {round_number} is not open for submissions; the current round is "
                 f"{m.round} ({state})",
             )
@@ -475,7 +477,7 @@ class Federation:
         try:
             params = decode(ticket.specs, buffer, check_finite=True)
         except CodecError as exc:
-            raise invalid("bad-values", str(exc)) from exc
+            raise Refusal(Reason.BAD_VALUES, str(exc)) from exc
         h = hashlib.sha256()
         h.update(canonical_json([[s.name, list(s.shape), s.dtype] for s in ticket.specs]).encode())
         h.update(canonical_json({"n": ticket.num_samples, "m": ticket.metrics}).encode())
@@ -490,8 +492,7 @@ class Federation:
                     self.machine.touch(ticket.scenario, self.clock())
                     return SubmitResult(True, digest, self._status(ticket.scenario))
                 raise Refusal(
-                    "ALREADY_EXISTS",
-                    "conflicting-resubmission",
+                    Reason.CONFLICTING_RESUBMISSION,
                     f"{ticket.scenario} already submitted different parameters for round "
                     f"{ticket.round}; a submission cannot be replaced",
                 )
@@ -524,18 +525,18 @@ class Federation:
         clean: dict[str, dict[str, dict[str, Any]]] = {}
         for split, tasks in splits.items():
             if split not in SPLITS:
-                raise invalid("bad-metrics", f"unknown split {split!r}")
+                raise Refusal(Reason.BAD_METRICS, f"unknown split {split!r}")
             if len(tasks) > 16:
-                raise invalid("bad-metrics", "at most 16 tasks per split")
+                raise Refusal(Reason.BAD_METRICS, "at most 16 tasks per split")
             clean[split] = {}
             for task, m in tasks.items():
                 if not task or len(task) > MAX_KEY_CHARS:
-                    raise invalid("bad-metrics", "task names must be 1-64 characters")
+                    raise Refusal(Reason.BAD_METRICS, "task names must be 1-64 characters")
                 entry = {}
                 for key in ("auc", "logloss"):
                     v = m.get(key)
                     if v is not None and not math.isfinite(v):
-                        raise invalid("bad-metrics", f"{split}/{task}/{key} is not finite")
+                        raise Refusal(Reason.BAD_METRICS, f"{split}/{task}/{key} is not finite")
                     entry[key] = v
                 entry["n"] = int(m.get("n", 0))
                 entry["positives"] = int(m.get("positives", 0))
@@ -544,14 +545,14 @@ class Federation:
             # No join needed: the token already proves the scenario, and a client whose
             # aggregator restarted should not lose the evaluation it just made.
             if not 1 <= round_number <= self.machine.completed:
-                raise precondition(
-                    "wrong-round",
+                raise Refusal(
+                    Reason.WRONG_ROUND,
                     f"round {round_number} has not completed (completed rounds: "
                     f"{self.machine.completed})",
                 )
             record = next((r for r in self.history if r["round"] == round_number), None)
             if record is None:
-                raise precondition("unknown-round", f"no record of round {round_number}")
+                raise Refusal(Reason.UNKNOWN_ROUND, f"no record of round {round_number}")
             client = record["clients"].setdefault(scenario, {"participated": False})
             client["eval"] = clean
             rec = self.machine.clients.get(scenario)

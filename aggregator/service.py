@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from aggregator.errors import REASON_KEY, Refusal, invalid
+from aggregator.errors import REASON_KEY, Reason, Refusal
 from aggregator.federation import Federation, Hooks, NoHooks, Status
 from aggregator.rounds import Phase
 from msmtrec import __version__
@@ -59,9 +59,10 @@ def status_to_proto(st: Status) -> pb.RoundStatus:
 
 
 def _refuse(context: grpc.ServicerContext, hooks: Hooks, rpc: str, refusal: Refusal) -> None:
-    hooks.rejected(rpc, refusal.reason)
-    log.info("%s refused (%s, %s): %s", rpc, refusal.code, refusal.reason, refusal.message)
-    context.set_trailing_metadata(((REASON_KEY, refusal.reason),))
+    reason = refusal.reason.value  # the contract's dash spelling, e.g. "wrong-round"
+    hooks.rejected(rpc, reason)
+    log.info("%s refused (%s, %s): %s", rpc, refusal.code, reason, refusal.message)
+    context.set_trailing_metadata(((REASON_KEY, reason),))
     context.abort(getattr(grpc.StatusCode, refusal.code), refusal.message)
 
 
@@ -108,8 +109,7 @@ class InFlight:
             for kind, limit in kinds:
                 if self._counts.get((scenario, kind), 0) >= limit:
                     raise Refusal(
-                        "RESOURCE_EXHAUSTED",
-                        "too-many-calls",
+                        Reason.TOO_MANY_CALLS,
                         f"scenario {scenario} already has {limit} "
                         f"{'uploads' if kind == 'submits' else 'calls'} in flight "
                         f"(aggregator setting max_{kind}_per_scenario); retry later",
@@ -157,23 +157,20 @@ class FederationServicer(pb_grpc.FederationServicer):
             return None
         token = bearer_token(context.invocation_metadata())
         if token is None:
-            raise Refusal(
-                "UNAUTHENTICATED", "no-token", "missing 'authorization: Bearer <token>' metadata"
-            )
+            raise Refusal(Reason.NO_TOKEN, "missing 'authorization: Bearer <token>' metadata")
         owner = self.tokens.identify(token)
         if owner is None:
-            raise Refusal("UNAUTHENTICATED", "bad-token", "invalid bearer token")
+            raise Refusal(Reason.BAD_TOKEN, "invalid bearer token")
         return owner
 
     def _bind(self, owner: str | None, claimed: str) -> str:
         try:
             check_scenario_name(claimed)
         except ValueError as exc:
-            raise invalid("bad-scenario", str(exc)) from exc
+            raise Refusal(Reason.BAD_SCENARIO, str(exc)) from exc
         if owner is not None and claimed != owner:
             raise Refusal(
-                "PERMISSION_DENIED",
-                "wrong-scenario",
+                Reason.WRONG_SCENARIO,
                 f"this token is bound to scenario {owner}; it cannot act as {claimed}",
             )
         self.fed.check_scenario(claimed)
@@ -205,8 +202,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         if scenario not in names:
             issued = ", ".join(sorted(set(names))[:4]) or "no name"
             raise Refusal(
-                "PERMISSION_DENIED",
-                "certificate-scenario-mismatch",
+                Reason.CERTIFICATE_SCENARIO_MISMATCH,
                 f"the client certificate is issued to {issued}; it cannot act as {scenario}",
             )
 
@@ -288,7 +284,9 @@ class FederationServicer(pb_grpc.FederationServicer):
             owner = self._authenticate(context)
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("kind") != "header":
-                raise invalid("no-header", "the first message of a submission must be a header")
+                raise Refusal(
+                    Reason.NO_HEADER, "the first message of a submission must be a header"
+                )
             header = first.header
             scenario = self._admit(context, owner, header.scenario, submit=True)
             ticket = self.fed.begin_submission(
@@ -303,16 +301,18 @@ class FederationServicer(pb_grpc.FederationServicer):
             received = first.ByteSize()
             for message in request_iterator:
                 if message.WhichOneof("kind") != "data":
-                    raise invalid("bad-stream", "a submission has one header, then data chunks")
+                    raise Refusal(
+                        Reason.BAD_STREAM, "a submission has one header, then data chunks"
+                    )
                 try:
                     assembler.feed(message.data)
                 except CodecError as exc:
-                    raise invalid("stream-overflow", str(exc)) from exc
+                    raise Refusal(Reason.STREAM_OVERFLOW, str(exc)) from exc
                 received += message.ByteSize()
             try:
                 buffer = assembler.finish()
             except CodecError as exc:
-                raise invalid("stream-truncated", str(exc)) from exc
+                raise Refusal(Reason.STREAM_TRUNCATED, str(exc)) from exc
             result = self.fed.complete_submission(ticket, buffer, received)
         except Refusal as refusal:
             _refuse(context, self.hooks, "Submit", refusal)
