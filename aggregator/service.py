@@ -21,7 +21,8 @@ from typing import Any
 import grpc
 
 from aggregator.errors import REASON_KEY, Reason, Refusal
-from aggregator.federation import Federation, Hooks, NoHooks, Status
+from aggregator.federation import Federation, Status
+from aggregator.hooks import Hooks, NoHooks
 from aggregator.rounds import Phase
 from msmtrec import __version__
 from msmtrec.codec import Assembler, CodecError

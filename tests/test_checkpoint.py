@@ -96,8 +96,8 @@ def test_federation_resumes_from_its_checkpoint_with_identical_state(tmp_path):
     assert again.resumed_from == 1 and again.strategy_checksum == digest
     assert again.status().phase is Phase.WAITING and again.status().round == 2
     resumed = again.rounds_list()
-    assert [r["round"] for r in resumed] == [r["round"] for r in history] == [1]
-    assert resumed[0]["clients"]["A"]["eval"]["valid"]["ctr"]["auc"] == 0.7  # sidecar merged
+    assert [r.round for r in resumed] == [r.round for r in history] == [1]
+    assert resumed[0].clients["A"].eval["valid"]["ctr"].auc == 0.7  # sidecar merged
     _play_round(again, 0.02)
     assert again.status().completed_rounds == 2
 
