@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aggregator.records import RoundRecord
+from aggregator.views import StatusView
 from msmtrec.data.schema import ALIEXPRESS
 from msmtrec.data.synth import SynthConfig, synthesize
 from msmtrec_app.cli import main
@@ -27,6 +29,7 @@ from msmtrec_app.commands.up import (
     resolve_ports,
     show_line,
 )
+from msmtrec_app.commands.up.reporting import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,9 +191,12 @@ def test_example_instances_are_gateway_instances(tmp_path):
         example_instances(tmp_path, "XX")
 
 
-def test_console_shows_round_lines_and_problems_only():
+def test_console_shows_problems_only_and_progress_comes_from_the_status_api():
+    """Children's logs reach the console for problems only (or all with --verbose); the
+    per-round progress is built from the aggregator's status API, not parsed from logs."""
     trained = "12:00:01 INFO scenario_client: NL: round 1/5 trained 18000 samples in 2.1 s"
-    assert show_line("client", trained, False) == "round 1/5 trained 18000 samples in 2.1 s"
+    assert show_line("client", trained, False) is None
+    assert show_line("client", trained, True) == trained
     joined = "12:00:01 INFO scenario_client: NL: joined (waiting for clients)"
     assert show_line("client", joined, False) is None
     assert show_line("client", joined, True) == joined
@@ -201,3 +207,52 @@ def test_console_shows_round_lines_and_problems_only():
         "ERROR: cannot start the aggregator: port in use"
     )
     assert show_line("client", "Traceback (most recent call last):", False) is not None
+
+
+def _record(n: int, eval_nl: bool) -> RoundRecord:
+    timing = dict.fromkeys(
+        (
+            "download_seconds", "evaluation_seconds", "local_training_seconds", "upload_seconds",
+            "client_other_seconds", "close_latency_seconds", "aggregation_seconds",
+            "local_training_seconds_max", "transfer_seconds_max",
+        ),
+        0.1,
+    )  # fmt: skip
+    nl = {"participated": True, "num_samples": 900, "metrics": {"train_loss": 0.25}}
+    if eval_nl:
+        nl["eval"] = {"valid": {"ctr": {"auc": 0.7123, "n": 10}, "ctcvr": {"auc": None}}}
+    return RoundRecord.model_validate(
+        {
+            "round": n, "opened_at": 0.0, "closed_at": 2.0, "duration_seconds": 2.0,
+            "closed_by": "all_submitted", "deadline_extensions": 0,
+            "resumed_after_restart": False, "participants": ["NL"], "not_submitted": ["ES"],
+            "num_samples": 900, "bytes_in": 2_000_000, "bytes_out": 3_000_000,
+            "aggregation_seconds": 0.1, "timing": {"critical_client": "NL", **timing},
+            "state_checksum": "x", "clients": {"NL": nl, "ES": {"participated": False}},
+        }
+    )  # fmt: skip
+
+
+def test_up_progress_lines_come_from_the_status_api_models_each_said_once():
+    status = StatusView.model_validate(
+        {
+            "phase": "open", "round": 2, "completed_rounds": 1, "total_rounds": 3,
+            "deadline_unix": None, "deadline_in_seconds": None, "min_clients": 1,
+            "scenarios": ["ES", "NL"], "joined": ["NL", "ES"], "live": ["NL"], "submitted": [],
+            "waiting_for": "", "resumed_from_round": None, "method": "pfmsmtrec",
+            "preset": "small", "seed": 0, "spec_digest": "d", "payload_bytes": 1,
+            "state_checksum": "s", "strategy_checksum": "t",
+        }
+    )  # fmt: skip
+    progress = Progress(["NL", "ES"])
+    first = list(progress.lines(status, [_record(1, eval_nl=False)]))
+    assert first == [
+        "[aggregator] round 1/3 closed (all_submitted) in 2.0 s: 1/2 clients, 2.0 MB in, "
+        "3.0 MB out",
+        "[client NL] round 1/3 trained 900 samples (loss 0.2500)",
+        "[aggregator] round 2/3 open: ES NL",
+    ]
+    # the evaluation arrives later, attached to the same record: said once, when it arrives
+    later = list(progress.lines(status, [_record(1, eval_nl=True)]))
+    assert later == ["[client NL] personalized model after round 1: valid AUC ctr 0.7123 ctcvr n/a"]
+    assert list(progress.lines(status, [_record(1, eval_nl=True)])) == []

@@ -30,6 +30,7 @@ from helpers.processes import REPO, wait_until
 
 from msmtrec.data.schema import ALIEXPRESS
 from msmtrec.registry import ModelRegistry
+from msmtrec_app.supervisor import ServiceProcess
 
 SCENARIOS = ("NL", "ES", "FR")
 SMALL = ["--rows", "3000", "--test-rows", "600", "--rounds", "2"]
@@ -55,26 +56,19 @@ def sessions_alive(sids: set[int]) -> list[str]:
     return found
 
 
-class UpProcess:
-    """``msmtrec up`` in the background with its console captured to a file."""
+class UpProcess(ServiceProcess):
+    """``msmtrec up`` in the background (its own session, like a terminal's job) with its
+    console captured to a file, under the supervisor ``up`` itself uses for its children."""
 
     def __init__(self, run_dir: Path, *args: str) -> None:
         self.run_dir = run_dir
         self.console = run_dir.parent / f"{run_dir.name}-console.log"
-        self._out = open(self.console, "wb")  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "msmtrec_app.cli", "up", "--run-dir", str(run_dir), *args],
-            cwd=REPO,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
+        super().__init__("msmtrec up", ["up", "--run-dir", str(run_dir), *args], self.console,
+                         own_session=True)  # fmt: skip
+        self.start(cwd=REPO)
 
     def output(self) -> str:
-        self._out.flush()
-        return self.console.read_text(errors="replace")
+        return self.log()
 
     def diagnostics(self) -> str:
         return f"--- msmtrec up console ---\n{self.output()[-6000:]}"
@@ -83,10 +77,8 @@ class UpProcess:
         return json.loads((self.run_dir / "up.json").read_text())
 
     def phase(self) -> str | None:
-        if self.proc.poll() is not None:
-            raise AssertionError(
-                f"msmtrec up exited with {self.proc.returncode}\n{self.diagnostics()}"
-            )
+        if self.poll() is not None:
+            raise AssertionError(f"msmtrec up exited with {self.returncode}\n{self.diagnostics()}")
         try:
             return self.state()["phase"]
         except (FileNotFoundError, ValueError, KeyError):
@@ -94,8 +86,8 @@ class UpProcess:
 
     def wait(self, timeout: float) -> int:
         try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+            return super().wait(timeout)
+        except TimeoutError:
             raise AssertionError(
                 f"msmtrec up did not exit within {timeout:.0f} s\n{self.diagnostics()}"
             ) from None
@@ -106,13 +98,10 @@ class UpProcess:
         pids: list[int] = []
         with contextlib.suppress(Exception):
             pids = [c["pid"] for c in self.state()["children"].values()]
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        self.kill()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
-        self._out.close()
 
 
 @pytest.fixture
