@@ -31,7 +31,10 @@ from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
 from servicekit.auth import make_tokens
 from servicekit.certs import make_dev_certs
 
-PACKAGES = ("msmtrec", "aggregator", "scenario_client", "gateway", "msmtrec_proto")
+PACKAGES = (
+    "msmtrec", "msmtrec_proto", "servicekit", "aggregator", "scenario_client", "gateway",
+    "msmtrec_app",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------- authentication
