@@ -31,7 +31,7 @@ import yaml
 from msmtrec_app.cli import build_parser
 from msmtrec_app.commands.deploy import DEFAULT_SCENARIOS, dev_secrets
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 K8S = REPO / "deploy" / "k8s"

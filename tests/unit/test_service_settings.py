@@ -13,7 +13,7 @@ from msmtrec_app.cli import build_parser
 from scenario_client.settings import ClientSettings
 from servicekit.settings import load_settings, overrides_from_args, settings_table
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "FEDERATION.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "FEDERATION.md"
 
 
 def _load(argv: list[str], cls=AggregatorSettings):

@@ -17,7 +17,7 @@ from aggregator.errors import Refusal
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.refusals import STATUS, Reason, parse_reason, to_proto
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "FEDERATION.md"
 
 

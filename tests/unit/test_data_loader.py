@@ -21,7 +21,7 @@ from msmtrec.data import (
     write_split,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "aliexpress_sample"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "aliexpress_sample"
 TRAIN = FIXTURES / "train.csv"
 TEST = FIXTURES / "test.csv"
 

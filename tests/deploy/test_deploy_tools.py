@@ -31,7 +31,7 @@ from msmtrec_app.commands.up import (
 )
 from msmtrec_app.commands.up.reporting import Progress
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------- healthcheck
