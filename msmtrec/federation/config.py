@@ -55,14 +55,17 @@ class FederationConfig:
     hyper_momentum: float = 0.9
     hyper_weight_decay: float = 1e-4
     template_l2: float = 0.0
+    share_embeddings: bool = False
 
     def parameter_groups(self) -> ParameterGroups:
         keep = Policy.KEEP
         if self.method == "local" or self.method == "central":
             return ParameterGroups({})
+        embeddings = {Group.EMBEDDING: Policy.FEDAVG} if self.share_embeddings else {}
         if self.method in ("fedavg", "fedprox", "fedbn"):
             return ParameterGroups(
                 {
+                    **embeddings,
                     Group.GLOBAL: Policy.FEDAVG,
                     Group.SCENARIO: Policy.FEDAVG,
                     Group.GATE: Policy.FEDAVG,
@@ -76,6 +79,7 @@ class FederationConfig:
             expert_global = Policy.PERSONAL_EXPERT if self.template == "none" else Policy.FEDAVG
             return ParameterGroups(
                 {
+                    **embeddings,
                     Group.GLOBAL: expert_global,
                     Group.SCENARIO: Policy.PERSONAL_EXPERT,
                     Group.TOWER: Policy.PERSONAL_TOWER if self.tower_aggregation else keep,
@@ -110,7 +114,9 @@ def resolve_experiment(
 
 
 # Knobs a user may set over a method's defaults (flags of `simulate`, aggregator settings).
-FEDERATION_KNOBS = ("mu", "conflict", "ca_alpha", "ca_rescale", "template", "template_l2")
+FEDERATION_KNOBS = (
+    "mu", "conflict", "ca_alpha", "ca_rescale", "template", "template_l2", "share_embeddings"
+)
 MODEL_KNOBS = ("template", "ctcvr_head")
 
 

@@ -175,6 +175,12 @@ class Strategy:
         self.last_expert_update: Tensors = {}  # name → g laid out like the tensor
         self.last_attention: dict[str, Tensors] = {}  # client → name → attn_c D
         self.last_participants: list[str] = []
+        # What the last round did, for people (results.json, the status API, plots): never
+        # read back by the aggregation itself. See :meth:`round_report`.
+        self.last_report: dict[str, Any] = {}
+        self._expert_mixing: torch.Tensor | None = None  # (K, C): g_k = Σ_j m_kj Δ_j
+        self._ca_plans: dict[int, tuple[float, list[float] | None]] = {}
+        self._tower_attention: dict[str, torch.Tensor] = {}  # tower layer → (C, C)
 
     # ----------------------------------------------------------------------------- payloads
     @property
@@ -269,7 +275,52 @@ class Strategy:
         self.personal.update(new_personal)
         self.last_participants = ids
         self.round += 1
+        self.last_report = self._report(ids)
         return {cid: self.payload(cid) for cid in ids}
+
+    def _report(self, ids: list[str]) -> dict[str, Any]:
+        """The personalization this round applied, as plain JSON-able numbers.
+
+        ``learn_from[part][c][j]``: the weight with which client j's delta entered client
+        c's new parameters beyond c's own delta — for experts the mean over experts of
+        a_{c,k}·m_{k,j}, where g_k = Σ_j m_{k,j} Δ_j (the mean plus the conflict-averse
+        correction, divided by the rescale); for towers the mean over layers of
+        b_{c,l}·attn_{c,j}. Rows are "who learns from whom"."""
+        cfg = self.config
+        report: dict[str, Any] = {"round": self.round, "clients": ids}
+        if self.expert_names:
+            report["a"] = {
+                c: (
+                    self.effective_a(c) if cfg.personalize else [cfg.init_weight] * self.num_experts
+                )
+                for c in ids
+            }
+            report["ca"] = {
+                str(k): {"c": c_k, "w": dict(zip(ids, w, strict=True)) if w is not None else None}
+                for k, (c_k, w) in self._ca_plans.items()
+            }
+            if self._expert_mixing is not None:
+                mix = self._expert_mixing  # (K, C)
+                report["learn_from"] = {"experts": {
+                    c: dict(zip(ids, (torch.tensor(report["a"][c], dtype=torch.float64) @ mix
+                                      / self.num_experts).tolist(), strict=True))
+                    for c in ids
+                }}  # fmt: skip
+        if self.tower_names:
+            report["b"] = {
+                c: (self.effective_b(c) if cfg.personalize
+                    else {layer: cfg.init_weight for layer in self.tower_layers})
+                for c in ids
+            }  # fmt: skip
+            towers: dict[str, dict[str, float]] = {}
+            for i, c in enumerate(ids):
+                row = torch.zeros(len(ids), dtype=torch.float64)
+                for layer, attn in self._tower_attention.items():
+                    row += report["b"][c][layer] * attn[i]
+                row /= max(len(self._tower_attention), 1)
+                towers[c] = dict(zip(ids, row.tolist(), strict=True))
+            report.setdefault("learn_from", {})["towers"] = towers
+        return report
 
     def _flat(
         self, ids: list[str], source: dict[str, Tensors], name: str, k: int | None = None
@@ -390,6 +441,15 @@ class Strategy:
                     norm_sq[k] += float(both[k, 1] @ both[k, 1])
             means[n], mixed[n] = both[:, 0], both[:, 1]
         divisor = rescale_divisor(cfg.ca_alpha, cfg.ca_rescale)
+        mixing = torch.full((self.num_experts, clients), 1.0 / clients, dtype=torch.float64)
+        for k, (c, w_star) in plans.items():
+            if w_star is not None:
+                mixing[k] += c / (math.sqrt(norm_sq[k]) + 1e-16) * torch.from_numpy(w_star)
+        self._expert_mixing = mixing / divisor
+        self._ca_plans = {
+            k: (float(c), None if w is None else [float(x) for x in w])
+            for k, (c, w) in plans.items()
+        }
         update: Tensors = {}
         for n in self.expert_names:
             g = means[n]
@@ -410,6 +470,14 @@ class Strategy:
         :func:`coordinate` (memory O(C·P_k); these modes are ablations)."""
         cfg = self.config
         update: Tensors = {n: torch.zeros_like(self.initial[n]) for n in self.expert_names}
+        # g is a fixed mixture of the deltas only without coordination (PCGrad's projections
+        # depend on the deltas themselves).
+        self._expert_mixing = (
+            torch.full((self.num_experts, len(ids)), 1.0 / len(ids), dtype=torch.float64)
+            if cfg.conflict == "none"
+            else None
+        )
+        self._ca_plans = {}
         for k in range(self.num_experts):
             stacked = torch.stack(
                 [
@@ -459,12 +527,17 @@ class Strategy:
         self, ids: list[str], deltas: dict[str, Tensors], new: dict[str, Tensors]
     ) -> dict[str, Tensors]:
         attention: dict[str, Tensors] = {c: {} for c in ids}
+        per_layer: dict[str, list[torch.Tensor]] = {}
         for n in self.tower_names:
             d = torch.stack([deltas[c][n].reshape(-1) for c in ids]).double()  # (C, dim)
             attn = torch.softmax(d @ d.T / math.sqrt(d.shape[1]), dim=1)
+            per_layer.setdefault(tower_layer(n), []).append(attn)
             mixed = (attn @ d).to(self.initial[n].dtype)
             for i, c in enumerate(ids):
                 attention[c][n] = mixed[i].view_as(self.initial[n])
+        self._tower_attention = {
+            layer: torch.stack(attns).mean(0) for layer, attns in per_layer.items()
+        }
         for c in ids:
             b = self.effective_b(c) if self.config.personalize else None
             for n in self.tower_names:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-Template = Literal["additive3", "two_part", "none"]
+Template = Literal["additive3", "additive2", "two_part", "none"]
 CtcvrHead = Literal["direct", "esmm"]
-TEMPLATES: tuple[str, ...] = ("additive3", "two_part", "none")
+TEMPLATES: tuple[str, ...] = ("additive3", "additive2", "two_part", "none")
 CTCVR_HEADS: tuple[str, ...] = ("direct", "esmm")
 
 
@@ -16,6 +16,8 @@ class ModelConfig:
     """Sizes and switches of the templated MMoE.
 
     ``template``: how every expert Linear is split — ``additive3`` (W_G + W_S + W_T[t]),
+    ``additive2`` (W_G + W_S, one view shared by all tasks: task specificity lives in the
+    gates and towers, and each expert runs once per sample instead of once per task),
     ``two_part`` (W_S + W_T[t]) or ``none`` (one plain weight, shared by all tasks).
     ``ctcvr_head``: ``direct`` (own tower on the conversion label, MTReclib) or ``esmm``
     (p_ctcvr = p_ctr · p_cvr, so CTCVR never exceeds CTR).
