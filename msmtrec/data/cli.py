@@ -32,6 +32,8 @@ _SYNTH_HELP = {
     "test_drift": "0..1: extra covariate shift of test relative to train",
     "task_conflict": "0..1: scenarios at odd positions get task correlation * (1 - 2 * this)",
     "quantity_skew": ">= 1: the last scenario gets train rows / this (test rows unchanged)",
+    "calibration": "scenario: intercepts fitted per scenario (rates hit --ctr/--cvr); shared: "
+    "fitted once, so equal score functions give equal P(y|x)",
     "seed": "random seed (same seed and knobs -> byte-identical files)",
     "fmt": "output format",
 }
@@ -126,11 +128,11 @@ def _add_synth_flags(parser: argparse.ArgumentParser, explicit_only: bool = Fals
         help_text = f"{_SYNTH_HELP.get(f.name, f.name)} (default: {_show(default)})"
         # argparse.SUPPRESS as the default: an absent flag sets no attribute at all.
         unset = argparse.SUPPRESS if explicit_only else None
-        if f.name == "fmt":
+        if f.name in ("fmt", "calibration"):
             parser.add_argument(
-                "--format",
-                dest="fmt",
-                choices=("csv", "parquet"),
+                _flag(f.name),
+                dest=f.name,
+                choices=("csv", "parquet") if f.name == "fmt" else ("scenario", "shared"),
                 default=default if unset is None else unset,
                 help=help_text,
             )

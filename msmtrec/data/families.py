@@ -9,8 +9,9 @@ strength (``high`` is the default).
 * ``concept`` (a): ``concept_shift = strength``; covariate_shift 0.1. P(y | x) differs.
 * ``conflict`` (b): ``task_conflict = strength``; concept_shift 0.3. The CTR-CVR relation has
   the opposite sign in every other scenario at strength 1.
-* ``covariate`` (c): ``covariate_shift = strength``; concept_shift 0. Only P(x) differs, the
-  labelling functions are the same in every scenario.
+* ``covariate`` (c): ``covariate_shift = strength``; concept_shift 0 and calibration
+  ``shared``. Only P(x) differs: every scenario has exactly the same P(y | x) (so click rates
+  differ between scenarios as P(x) does).
 * ``quantity`` (d): ``quantity_skew = 1 + 14 * strength`` (15x fewer train rows in the last
   scenario at strength 1); concept_shift 0.5.
 * ``fieldpair`` (e): the independently written field-pair generator
@@ -52,7 +53,7 @@ FAMILY_STRENGTHS: dict[str, dict[str, float]] = {
 FAMILY_HELP = {
     "concept": "concept_shift = strength (P(y|x) differs), covariate_shift 0.1",
     "conflict": "task_conflict = strength (CTR-CVR relation flips sign), concept_shift 0.3",
-    "covariate": "covariate_shift = strength (only P(x) differs), concept_shift 0",
+    "covariate": "covariate_shift = strength (only P(x) differs; same P(y|x) everywhere)",
     "quantity": "quantity_skew = 1 + 14*strength (last scenario data-poor), concept_shift 0.5",
     "fieldpair": "held-out field-pair generator, concept_shift = strength (factor rotation)",
 }
@@ -77,7 +78,7 @@ def _family_knobs(family: str, s: float) -> dict[str, Any]:
     if family == "conflict":
         return {"task_conflict": s, "concept_shift": 0.3}
     if family == "covariate":
-        return {"covariate_shift": s, "concept_shift": 0.0}
+        return {"covariate_shift": s, "concept_shift": 0.0, "calibration": "shared"}
     if family == "quantity":
         return {"quantity_skew": 1.0 + 14.0 * s, "concept_shift": 0.5}
     return {"concept_shift": s}  # fieldpair

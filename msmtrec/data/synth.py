@@ -17,6 +17,10 @@ kind of difference between scenarios:
 * ``quantity_skew`` (q >= 1): the last scenario gets ``train_rows / q`` training rows (its
   test rows are unchanged, so its AUC stays measurable): the data-poor participant that
   federation should help most.
+* ``calibration``: ``scenario`` (default) fits the intercepts (and the CTR-CVR decorrelation)
+  on each scenario's train sample, so every scenario hits the target rates; ``shared`` fits
+  them once on the global reference sample, so with ``concept_shift = 0`` all scenarios have
+  exactly the same P(y | x) (pure covariate shift) and their realized rates follow P(x).
 * ``ctr`` / ``cvr``: intercepts are calibrated by bisection per scenario, so the realized click
   rate is ``ctr`` and the conversion (click-and-purchase) rate is ``ctr * cvr``.
 
@@ -37,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +85,10 @@ class SynthConfig:
     # wrote, and ``to_dict`` leaves them out so synth.json stays byte-identical too.
     task_conflict: float = 0.0  # odd-position scenarios get rho * (1 - 2 * task_conflict)
     quantity_skew: float = 1.0  # the last scenario gets train_rows / quantity_skew rows
+    # "scenario": intercepts and the CTR-CVR decorrelation fitted on each scenario's train
+    # sample; "shared": on the global reference sample, so equal score functions (concept
+    # shift 0) give exactly equal P(y | x) and realized rates move with P(x)
+    calibration: str = "scenario"
 
     def __post_init__(self) -> None:
         self.scenarios = tuple(self.scenarios)
@@ -110,6 +119,10 @@ class SynthConfig:
             raise ValueError(f"quantity_skew must be >= 1, got {self.quantity_skew}")
         if self.fmt not in ("csv", "parquet"):
             raise ValueError(f"fmt must be 'csv' or 'parquet', got {self.fmt!r}")
+        if self.calibration not in ("scenario", "shared"):
+            raise ValueError(
+                f"calibration must be 'scenario' or 'shared', got {self.calibration!r}"
+            )
 
     def rows_for(self, index: int) -> tuple[int, int]:
         """(train, test) rows of the index-th scenario under the imbalance knob, and for the
@@ -136,7 +149,7 @@ class SynthConfig:
         return d
 
 
-_LATER_KNOBS = {"task_conflict": 0.0, "quantity_skew": 1.0}
+_LATER_KNOBS = {"task_conflict": 0.0, "quantity_skew": 1.0, "calibration": "scenario"}
 
 
 @dataclass
@@ -150,6 +163,9 @@ class SynthScenario:
     test_ids: np.ndarray
     test_oracle: np.ndarray  # (n_test, 2) float64: true P(click), P(click and purchase)
     stats: dict[str, Any] = field(default_factory=dict)
+    # The scenario's true function (categorical, numerical) -> (n, 2) probabilities as in
+    # test_oracle: lets a caller score any rows, e.g. one scenario's rows under another's model.
+    oracle: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,6 +406,29 @@ class _Correlator:
         return self.rho * h_ctr + math.sqrt(max(0.0, 1 - self.rho**2)) * resid
 
 
+@dataclass(frozen=True)
+class _ScenarioModel:
+    """One scenario's true labelling function: x -> (click logit, P(purchase | click) logit)."""
+
+    parts: tuple[_ScoreFunction, _ScoreFunction, _ScoreFunction, _ScoreFunction]
+    concept_shift: float
+    correlate: _Correlator
+    signal: float
+    a_ctr: float
+    a_cvr: float
+
+    def logits(self, cat: np.ndarray, num: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, own = _task_scores(cat, num, self.parts, self.concept_shift)
+        k = self.signal
+        return k * h + self.a_ctr, k * self.correlate(h, own) + self.a_cvr
+
+    def __call__(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+        """(n, 2) true P(click), P(click and purchase) of the rows (cat, num)."""
+        ctr_logit, cvr_logit = self.logits(cat, num)
+        p_ctr = _sigmoid(ctr_logit)
+        return np.stack([p_ctr, p_ctr * _sigmoid(cvr_logit)], axis=1)
+
+
 def _labels(
     ctr_logit: np.ndarray, cvr_logit: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -427,19 +466,26 @@ def generate(config: SynthConfig, schema: FeatureSchema = ALIEXPRESS) -> dict[st
         sample_rng = _rng(seed, name, "train")
         tr_cat, tr_num = world.sample(cov, n_train, sample_rng)
         tr_h, tr_own = _task_scores(tr_cat, tr_num, parts, c)
-        correlate = _Correlator.fit(rho, tr_h, tr_own)
-        tr_r = correlate(tr_h, tr_own)
+        # Where the intercepts and the CTR-CVR decorrelation are fitted: this scenario's train
+        # sample (its rates hit the targets) or the shared reference sample (scenarios with
+        # the same score functions then have exactly the same P(y | x)).
+        if config.calibration == "shared":
+            fit_h, fit_own = _task_scores(ref_cat, ref_num, parts, c)
+        else:
+            fit_h, fit_own = tr_h, tr_own
+        correlate = _Correlator.fit(rho, fit_h, fit_own)
+        fit_r = correlate(fit_h, fit_own)
         k = config.signal
-        a_ctr = _calibrate(config.ctr, _MeanRate(k * tr_h))
+        a_ctr = _calibrate(config.ctr, _MeanRate(k * fit_h))
         a_cvr = _calibrate(
-            config.ctr * config.cvr, _MeanRate(k * tr_r, weights=_sigmoid(a_ctr + k * tr_h))
+            config.ctr * config.cvr, _MeanRate(k * fit_r, weights=_sigmoid(a_ctr + k * fit_h))
         )
-        tr_lab, _, _ = _labels(k * tr_h + a_ctr, k * tr_r + a_cvr, sample_rng)
+        model = _ScenarioModel(parts, c, correlate, k, a_ctr, a_cvr)
+        tr_lab, _, _ = _labels(*model.logits(tr_cat, tr_num), sample_rng)
+        tr_r = correlate(tr_h, tr_own)
         test_rng = _rng(seed, name, "test")
         te_cat, te_num = world.sample(cov_test, n_test, test_rng)
-        te_h, te_own = _task_scores(te_cat, te_num, parts, c)
-        te_r = correlate(te_h, te_own)
-        te_lab, te_pctr, te_pctcvr = _labels(k * te_h + a_ctr, k * te_r + a_cvr, test_rng)
+        te_lab, te_pctr, te_pctcvr = _labels(*model.logits(te_cat, te_num), test_rng)
 
         train = ScenarioData(
             tr_cat, tr_num, tr_lab, oov_counts=np.zeros(schema.num_categorical, np.int64)
@@ -475,6 +521,7 @@ def generate(config: SynthConfig, schema: FeatureSchema = ALIEXPRESS) -> dict[st
             test_ids=first_test_page + np.arange(n_test, dtype=np.int64) // _PAGE_SIZE,
             test_oracle=np.stack([te_pctr, te_pctcvr], axis=1).astype(np.float64),
             stats=stats,
+            oracle=model,
         )
     return out
 

@@ -294,6 +294,28 @@ def _scores(
     )
 
 
+@dataclass(frozen=True)
+class _Oracle:
+    """One scenario's true labelling function: x -> (click logit, P(purchase | click) logit)."""
+
+    binner: _Binner
+    models: dict[str, _Tables]
+    scale: dict[str, _Standardizer]
+    signal: float
+    a_ctr: float
+    a_cvr: float
+
+    def logits(self, cat: np.ndarray, num: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, r = _scores(self.binner, self.models, self.scale, cat, num)
+        return self.signal * h + self.a_ctr, self.signal * r + self.a_cvr
+
+    def __call__(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+        """(n, 2) true P(click), P(click and purchase) of the rows (cat, num)."""
+        ctr_logit, cvr_logit = self.logits(cat, num)
+        p_ctr = _sigmoid(ctr_logit)
+        return np.stack([p_ctr, p_ctr * _sigmoid(cvr_logit)], axis=1)
+
+
 def generate(
     config: FieldPairConfig, schema: FeatureSchema = ALIEXPRESS
 ) -> dict[str, SynthScenario]:
@@ -334,11 +356,11 @@ def generate(
         a_cvr = _calibrate(
             config.ctr * config.cvr, _MeanRate(k * tr_r, weights=_sigmoid(a_ctr + k * tr_h))
         )
-        tr_lab, _, _ = _labels(k * tr_h + a_ctr, k * tr_r + a_cvr, train_rng)
+        oracle = _Oracle(binner, models, scale, k, a_ctr, a_cvr)
+        tr_lab, _, _ = _labels(*oracle.logits(tr_cat, tr_num), train_rng)
         test_rng = _rng(seed, salt, name, "test")
         te_cat, te_num = sampler.sample(inputs, config.test_rows, test_rng)
-        te_h, te_r = _scores(binner, models, scale, te_cat, te_num)
-        te_lab, te_pctr, te_pctcvr = _labels(k * te_h + a_ctr, k * te_r + a_cvr, test_rng)
+        te_lab, te_pctr, te_pctcvr = _labels(*oracle.logits(te_cat, te_num), test_rng)
 
         zeros = np.zeros(schema.num_categorical, np.int64)
         n_train, n_test = config.train_rows, config.test_rows
@@ -369,6 +391,7 @@ def generate(
             test_ids=first_test_page + np.arange(n_test, dtype=np.int64) // _PAGE_SIZE,
             test_oracle=np.stack([te_pctr, te_pctcvr], axis=1).astype(np.float64),
             stats=stats,
+            oracle=oracle,
         )
     return out
 
