@@ -15,6 +15,8 @@ from msmtrec.model.config import ModelConfig, preset
 
 ConflictMode = Literal["ca", "pcgrad", "none"]
 CaRescale = Literal["alpha", "alpha_sq", "none"]
+PersonalForm = Literal["add", "interp"]
+HyperGrad = Literal["raw", "cosine"]
 
 BASE_METHODS = ("local", "fedavg", "fedprox", "fedbn", "pfmsmtrec", "central")
 ABLATIONS = {
@@ -56,6 +58,9 @@ class FederationConfig:
     hyper_weight_decay: float = 1e-4
     template_l2: float = 0.0
     share_embeddings: bool = False
+    personal_form: PersonalForm = "add"
+    hyper_grad: HyperGrad = "raw"
+    attention_temperature: float | None = None
 
     def parameter_groups(self) -> ParameterGroups:
         keep = Policy.KEEP
@@ -115,7 +120,13 @@ def resolve_experiment(
 
 # Knobs a user may set over a method's defaults (flags of `simulate`, aggregator settings).
 FEDERATION_KNOBS = (
-    "mu", "conflict", "ca_alpha", "ca_rescale", "template", "template_l2", "share_embeddings"
+    "mu",
+    "conflict",
+    "ca_alpha",
+    "ca_rescale",
+    "template",
+    "template_l2",
+    "share_embeddings",
 )
 MODEL_KNOBS = ("template", "ctcvr_head")
 

@@ -175,6 +175,9 @@ class Strategy:
         self.last_expert_update: Tensors = {}  # name → g laid out like the tensor
         self.last_attention: dict[str, Tensors] = {}  # client → name → attn_c D
         self.last_participants: list[str] = []
+        # personal_form "interp": each client's last own delta of the personalized tensors
+        # (the hyper-gradient's direction is g − Δ_c^prev).
+        self.last_delta: dict[str, Tensors] = {}
         # What the last round did, for people (results.json, the status API, plots): never
         # read back by the aggregation itself. See :meth:`round_report`.
         self.last_report: dict[str, Any] = {}
@@ -256,15 +259,26 @@ class Strategy:
         starts = {cid: self.payload(cid) for cid in ids}
         ends = {u.client_id: u.params for u in updates}
         tower_deltas = {c: {n: ends[c][n] - starts[c][n] for n in self.tower_names} for c in ids}
-        fast_ca = self.config.conflict == "ca"
-        hyper = self.config.personalize and any(c in self.last_participants for c in ids)
+        cfg = self.config
+        fast_ca = cfg.conflict == "ca"
+        general = cfg.personal_form != "add" or cfg.hyper_grad != "raw"
+        hyper = cfg.personalize and any(c in self.last_participants for c in ids)
         grams, grad_a = (
-            self._expert_statistics(ids, starts, ends, hyper and fast_ca) if fast_ca else ({}, None)
+            self._expert_statistics(ids, starts, ends, hyper and fast_ca and not general)
+            if fast_ca
+            else ({}, None)
         )
         if hyper:
-            if grad_a is None:  # other coordination modes: the reference path
-                grad_a = self._grad_a_reference(ids, starts, ends)
-            self._hyper_step(ids, grad_a, tower_deltas)
+            if general:
+                grad_a, grads_b = self._hyper_gradients_general(ids, starts, ends, tower_deltas)
+            else:
+                if grad_a is None:  # other coordination modes: the reference path
+                    grad_a = self._grad_a_reference(ids, starts, ends)
+                grads_b = [self._grad_b(c, tower_deltas[c]) for c in ids]
+            self._hyper_step(ids, grad_a, grads_b)
+        if cfg.personal_form == "interp":
+            names = self.expert_names + self.tower_names
+            self.last_delta.update({c: {n: ends[c][n] - starts[c][n] for n in names} for c in ids})
         new_global = self._fedavg(updates, starts, ends)
         new_personal: dict[str, Tensors] = {
             c: {n: ends[c][n].clone() for n in self.tower_names} for c in ids
@@ -520,8 +534,23 @@ class Strategy:
                 # 36 MB tensor costs more in page faults than the arithmetic itself
                 old = mine.get(n)
                 out = old if old is not None and old is not self.initial[n] else None
-                new[c][n] = torch.addcmul(ends[c][n], scale.view(shape), update[n], out=out)
+                direction = update[n]
+                if cfg.personal_form == "interp":  # θ_start + (1 − a)Δ_c + a·g
+                    direction = update[n] - (ends[c][n] - starts[c][n])
+                new[c][n] = torch.addcmul(ends[c][n], scale.view(shape), direction, out=out)
         return update
+
+    def _attention(self, d: torch.Tensor) -> torch.Tensor:
+        """Row-stochastic (C, C) attention over the clients' deltas ``d`` (C, dim).
+
+        FedHCA²'s scaled dot product softmax(Δ Dᵀ/√dim) by default; with a temperature τ,
+        softmax(cos(Δ_c, Δ_j)/τ): scale-free, so it does not collapse to uniform when the
+        deltas are small (they are, a round's tower update is ~1e-2 per weight)."""
+        tau = self.config.attention_temperature
+        if tau is None:
+            return torch.softmax(d @ d.T / math.sqrt(d.shape[1]), dim=1)
+        unit = d / (d.norm(dim=1, keepdim=True) + 1e-16)
+        return torch.softmax(unit @ unit.T / tau, dim=1)
 
     def _personal_towers(
         self, ids: list[str], deltas: dict[str, Tensors], new: dict[str, Tensors]
@@ -530,7 +559,7 @@ class Strategy:
         per_layer: dict[str, list[torch.Tensor]] = {}
         for n in self.tower_names:
             d = torch.stack([deltas[c][n].reshape(-1) for c in ids]).double()  # (C, dim)
-            attn = torch.softmax(d @ d.T / math.sqrt(d.shape[1]), dim=1)
+            attn = self._attention(d)
             per_layer.setdefault(tower_layer(n), []).append(attn)
             mixed = (attn @ d).to(self.initial[n].dtype)
             for i, c in enumerate(ids):
@@ -538,11 +567,13 @@ class Strategy:
         self._tower_attention = {
             layer: torch.stack(attns).mean(0) for layer, attns in per_layer.items()
         }
+        interp = self.config.personal_form == "interp"
         for c in ids:
             b = self.effective_b(c) if self.config.personalize else None
             for n in self.tower_names:
                 weight = b[tower_layer(n)] if b is not None else self.config.init_weight
-                new[c][n] = new[c][n] + weight * attention[c][n]
+                direction = attention[c][n] - deltas[c][n] if interp else attention[c][n]
+                new[c][n] = new[c][n] + weight * direction
         return attention
 
     def hyper_gradients(
@@ -569,19 +600,70 @@ class Strategy:
                 grad_b[tower_layer(n)] -= float((mixed[n].double() * delta[n].double()).sum())
         return grad_b
 
+    def _hyper_gradients_general(
+        self,
+        ids: list[str],
+        starts: dict[str, Tensors],
+        ends: dict[str, Tensors],
+        tower_deltas: dict[str, Tensors],
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        """∂L/∂a and ∂L/∂b for the non-default forms, client by client.
+
+        θ^new is linear in the weight with direction u = g (``add``) or u = g − Δ_c^prev
+        (``interp``); with diff_c = −Δ_c^now the gradient is −⟨u, Δ_c^now⟩, and with
+        ``hyper_grad="cosine"`` it is divided by ‖u‖·‖Δ_c^now‖: the sign of the raw
+        gradient with a scale-free size, so one learning rate fits every layer and model."""
+        cfg = self.config
+        interp, cosine = cfg.personal_form == "interp", cfg.hyper_grad == "cosine"
+        grads_a = torch.zeros(len(ids), self.num_experts, dtype=torch.float64)
+        grads_b: list[dict[str, float]] = []
+
+        def grad(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+            dot = sum(float(u.double().flatten() @ v.double().flatten()) for u, v in parts)
+            if not cosine:
+                return -dot
+            nu = math.sqrt(sum(float(u.double().square().sum()) for u, _ in parts))
+            nv = math.sqrt(sum(float(v.double().square().sum()) for _, v in parts))
+            return -dot / (nu * nv + 1e-16)
+
+        for i, c in enumerate(ids):
+            if c not in self.last_participants:
+                grads_b.append({layer: 0.0 for layer in self.tower_layers})
+                continue
+            prev = self.last_delta.get(c, {}) if interp else {}
+            for k in range(self.num_experts):
+                parts = []
+                for n in self.expert_names:
+                    g = self.last_expert_update.get(n)
+                    if g is None:
+                        continue
+                    u = g[k] - prev[n][k] if n in prev else g[k]
+                    parts.append((u, ends[c][n][k] - starts[c][n][k]))
+                grads_a[i, k] = grad(parts) if parts else 0.0
+            mixed = self.last_attention.get(c, {})
+            by_layer: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+            for n in self.tower_names:
+                if n in mixed:
+                    u = mixed[n] - prev[n] if n in prev else mixed[n]
+                    by_layer.setdefault(tower_layer(n), []).append((u, tower_deltas[c][n]))
+            grads_b.append(
+                {layer: grad(by_layer[layer]) if layer in by_layer else 0.0
+                 for layer in self.tower_layers}
+            )  # fmt: skip
+        return grads_a, grads_b
+
     def _hyper_step(
-        self, ids: list[str], grads_a: torch.Tensor, tower_deltas: dict[str, Tensors]
+        self, ids: list[str], grads_a: torch.Tensor, grads_b: Sequence[Mapping[str, float]]
     ) -> None:
         """One SGD step (momentum, weight decay) on a and b for the clients that were also in
         the previous round (only they received the output being judged). ``grads_a`` holds
-        ∂L/∂a (clients in ``ids`` order × experts), computed batched over clients in the
-        expert pass; ∂L/∂b comes from the (small) tower deltas."""
+        ∂L/∂a (clients in ``ids`` order × experts), ``grads_b`` ∂L/∂b per client and layer."""
         cfg = self.config
         for i, c in enumerate(ids):
             if c not in self.last_participants:
                 continue
             grad_a = [float(v) for v in grads_a[i]]
-            grad_b = self._grad_b(c, tower_deltas[c])
+            grad_b = grads_b[i]
             a, ma = self._weights_a(c), self.a_momentum[c]
             for k in range(self.num_experts):
                 step = grad_a[k] + cfg.hyper_weight_decay * a[k]
@@ -609,11 +691,15 @@ class Strategy:
         for c, params in self.last_attention.items():
             for n, t in params.items():
                 tensors[f"attention/{c}/{n}"] = t
+        for c, params in self.last_delta.items():
+            for n, t in params.items():
+                tensors[f"delta/{c}/{n}"] = t
         meta = {
             "config": self.config.to_dict(),
             "round": self.round,
             "clients": sorted(self.personal),
             "attention_clients": sorted(self.last_attention),
+            "delta_clients": sorted(self.last_delta),
             "a": self.a,
             "a_momentum": self.a_momentum,
             "b": self.b,
@@ -643,6 +729,10 @@ class Strategy:
         self.last_attention = {
             c: {n: tensors[f"attention/{c}/{n}"].clone() for n in self.tower_names}
             for c in meta["attention_clients"]
+        }
+        self.last_delta = {
+            c: {n: tensors[f"delta/{c}/{n}"].clone() for n in personal_names}
+            for c in meta.get("delta_clients", [])
         }
         self.round = int(meta["round"])
         self.a = {c: list(v) for c, v in meta["a"].items()}
