@@ -29,7 +29,7 @@ NEW = ("fedrep", "ditto", "fedavg-ft", "central-msmt")
 
 
 def test_names_keep_the_old_order_and_add_the_new_methods():
-    assert METHODS == method_names()
+    assert method_names() == METHODS
     assert METHODS[: len(BEFORE_THE_REGISTRY)] == BEFORE_THE_REGISTRY
     assert set(NEW) <= set(METHODS)
     assert set(method_names(networked=False)) == {"central", "central-msmt"}
