@@ -86,6 +86,16 @@ def test_central_methods_are_refused_networked_saying_why():
     assert check_networked("ditto").name == "ditto"
 
 
+def test_the_aggregator_refuses_a_central_spec(tmp_path):
+    from aggregator.checkpoint import CheckpointStore
+    from aggregator.federation import Federation
+    from msmtrec.federation.spec import FederationSpec
+
+    store = CheckpointStore(tmp_path / "checkpoints")
+    with pytest.raises(ValueError, match="method 'central' pools the data of every scenario"):
+        Federation(FederationSpec(method="central"), ["A", "B"], store, min_clients=1)
+
+
 def test_aggregator_settings_accept_networked_methods_and_refuse_central():
     for name in ("fedrep", "ditto", "fedavg-ft"):
         assert AggregatorSettings(method=name, insecure_dev=True).spec().method == name
