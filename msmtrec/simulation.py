@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msmtrec.data.dataset import ScenarioData, ScenarioSplits
+from msmtrec.data.dataset import ScenarioSplits
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
-from msmtrec.federation.client import ClientRuntime, round_seed
+from msmtrec.federation.client import ClientRuntime
 from msmtrec.federation.config import FederationConfig, ResolvesExperiment
+from msmtrec.federation.methods import get_method
 from msmtrec.federation.strategy import Strategy
 from msmtrec.model.config import ModelConfig
-from msmtrec.model.mmoe import build_model
 from msmtrec.training.metrics import TaskMetrics, mean_auc
-from msmtrec.training.trainer import TrainConfig, Trainer
+from msmtrec.training.trainer import TrainConfig
 
 Log = Callable[[str], None]
 
@@ -126,7 +126,7 @@ def load_splits(
     return {s: load_scenario(data_dir, s, schema, valid_fraction) for s in names}
 
 
-def _round_line(rec: RoundRecord, total: int, tasks: tuple[str, ...]) -> str:
+def round_line(rec: RoundRecord, total: int, tasks: tuple[str, ...]) -> str:
     per_task = []
     for t in tasks:
         vals = [rec.valid[s][t]["auc"] for s in rec.valid if rec.valid[s][t]["auc"] is not None]
@@ -150,8 +150,9 @@ def run_simulation(
     splits = splits or load_splits(config.data_dir, config.scenarios, config.valid_fraction)
     fed = config.federation()
     model_cfg = config.model_config()
-    if fed.method == "central":
-        history = _run_central(config, model_cfg, splits, log)
+    runner = get_method(fed.method).pooled_runner
+    if runner is not None:  # a pooled, non-federated reference (central methods)
+        history = runner(config, fed, model_cfg, splits, log)
     else:
         history = _run_federated(config, fed, model_cfg, splits, log, on_round)
     best = _select_round(history)
@@ -195,7 +196,7 @@ def _run_federated(
     first = next(iter(clients.values()))
     strategy = Strategy(fed, first.model.state_dict())
     for s, c in clients.items():
-        c.receive(strategy.payload(s))
+        c.receive(strategy.payload(s), completed_rounds=0)
     tasks = first.model.tasks
     history = []
     for r in range(1, config.rounds + 1):
@@ -206,52 +207,16 @@ def _run_federated(
             updates.append(update)
             losses[s] = fit.loss
         for s, payload in strategy.aggregate(updates).items():
-            clients[s].receive(payload)
+            clients[s].receive(payload, completed_rounds=r)
         valid = {s: c.evaluate("valid") for s, c in clients.items()}
         test = {s: c.evaluate("test") for s, c in clients.items()}
         rec = RoundRecord(
             r, time.perf_counter() - start, losses, valid, test, mean_auc(valid), mean_auc(test)
         )
         history.append(rec)
-        log(_round_line(rec, config.rounds, tasks))
+        log(round_line(rec, config.rounds, tasks))
         if on_round is not None:
             on_round(r, clients)
-    return history
-
-
-def _run_central(
-    config: SimulationConfig,
-    model_cfg: ModelConfig,
-    splits: dict[str, ScenarioSplits],
-    log: Log,
-) -> list[RoundRecord]:
-    """One MMoE on the pooled training data of all scenarios (a non-private reference)."""
-    schema = next(iter(splits.values())).schema
-    model = build_model(schema, model_cfg, config.seed)
-    trainer = Trainer(model, config.train)
-    pooled = ScenarioData.concat([sp.train for _, sp in sorted(splits.items())])
-    history = []
-    for r in range(1, config.rounds + 1):
-        start = time.perf_counter()
-        fit = trainer.fit(
-            pooled,
-            seed=round_seed(config.seed, "central", r),
-            progress=config.progress,
-            desc=f"central r{r}",
-        )
-        valid = {s: trainer.evaluate(sp.valid) for s, sp in sorted(splits.items())}
-        test = {s: trainer.evaluate(sp.test) for s, sp in sorted(splits.items())}
-        rec = RoundRecord(
-            r,
-            time.perf_counter() - start,
-            {"pooled": fit.loss},
-            valid,
-            test,
-            mean_auc(valid),
-            mean_auc(test),
-        )
-        history.append(rec)
-        log(_round_line(rec, config.rounds, model.tasks))
     return history
 
 
