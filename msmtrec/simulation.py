@@ -52,6 +52,28 @@ class RoundRecord:
     test: dict[str, dict[str, TaskMetrics]]
     mean_valid_auc: float | None
     mean_test_auc: float | None
+    # What the server's personalization did this round (Strategy.last_report: a, b, the
+    # conflict-averse weights, who learns from whom); None for methods without it.
+    personalization: dict[str, Any] | None = None
+
+
+def per_scenario_selection(history: list[RoundRecord]) -> dict[str, dict[str, Any]]:
+    """Each scenario's own round: the one with its best mean validation AUC over tasks
+    (earliest on ties), with that round's validation and test metrics. This is what a
+    scenario that publishes with the ``best-valid`` policy serves; test is only read."""
+    out: dict[str, dict[str, Any]] = {}
+    for scenario in history[0].valid:
+        best, best_score = history[-1], None
+        for rec in history:
+            score = mean_auc({scenario: rec.valid[scenario]})
+            if score is not None and (best_score is None or score > best_score):
+                best, best_score = rec, score
+        out[scenario] = {
+            "round": best.round,
+            "valid": best.valid[scenario],
+            "test": best.test[scenario],
+        }
+    return out
 
 
 @dataclass
@@ -75,6 +97,7 @@ class SimulationResult:
             "valid": self.best.valid,
             "mean_test_auc": self.best.mean_test_auc,
             "mean_valid_auc": self.best.mean_valid_auc,
+            "per_scenario_selection": per_scenario_selection(self.history),
             "history": [asdict(r) for r in self.history],
         }
 
@@ -211,7 +234,14 @@ def _run_federated(
         valid = {s: c.evaluate("valid") for s, c in clients.items()}
         test = {s: c.evaluate("test") for s, c in clients.items()}
         rec = RoundRecord(
-            r, time.perf_counter() - start, losses, valid, test, mean_auc(valid), mean_auc(test)
+            r,
+            time.perf_counter() - start,
+            losses,
+            valid,
+            test,
+            mean_auc(valid),
+            mean_auc(test),
+            strategy.last_report or None,
         )
         history.append(rec)
         log(round_line(rec, config.rounds, tasks))
