@@ -83,6 +83,7 @@ def _run(job: Job) -> dict[str, Any]:
         preset=job.preset,
         train=TrainConfig(lr=job.lr, batch_size=job.batch_size),
         federation_overrides=dict(job.knobs),
+        lazy_test=True,  # test is only read at each scenario's best validation round
     )
     start = time.perf_counter()
     res = run_simulation(cfg, log=lambda _msg: None)
@@ -246,7 +247,7 @@ def render(results: list[dict], tuning: list[dict], meta: dict) -> str:
         n = len({json.dumps([r["job"]["lr"], r["job"]["knobs"]], sort_keys=True)
                  for r in tuning if r["job"]["method"] == m})  # fmt: skip
         knobs = ", ".join(f"{k} = {v}" for k, v in ch["knobs"].items()) or "—"
-        vv = f"{ch['valid']:.4f}" if ch.get("valid") is not None else "(inherited)"
+        vv = f"{ch['valid']:.4f}" if ch.get("valid") is not None else "(not tuned)"
         lines.append(f"| {m} | {n or '—'} | {ch['lr']} | {knobs} | {vv} |")
     lines += ["", "## Test AUC per family (macro mean over scenarios)", ""]
     head = "| method | " + " | ".join(f"{f} {t}" for f in fams for t in tasks) + " |"
@@ -397,16 +398,15 @@ def plot_all(results: list[dict], meta: dict, out: Path) -> dict[str, str]:
                     ax.axis("off")
                     continue
                 m = np.array([[mat[c][j] for j in clients] for c in clients])
-                im = ax.imshow(m, cmap="viridis", vmin=0.0)
+                im = ax.imshow(m, cmap="Blues", vmin=0.0)
                 ax.set_xticks(range(len(clients)), clients)
                 ax.set_yticks(range(len(clients)), clients)
                 for (i, j), v in np.ndenumerate(m):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="w", fontsize=7)
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="k", fontsize=7)
                 ax.set_title(f"{f}: {part}")
                 ax.set_xlabel("learns from")
                 fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.suptitle(f"{REF}: weight of client j's update in client i's new parameters "
-                     f"(last round, seed {r['job']['seed']})")  # fmt: skip
+        fig.suptitle(f"{REF}: weight of j's update in i's new parameters, last round")
         fig.tight_layout()
         path = out.with_name(out.stem + "_learn_from.png")
         fig.savefig(path, dpi=100)
