@@ -65,6 +65,7 @@ from msmtrec.codec import (
     signature_of,
 )
 from msmtrec.faults import fault_point
+from msmtrec.federation.methods import check_networked
 from msmtrec.federation.strategy import Strategy
 from msmtrec.spec import FederationSpec
 
@@ -124,8 +125,7 @@ class Federation:
         clock: Callable[[], float] = time.time,
         hooks: Hooks | None = None,
     ) -> None:
-        if spec.method == "central":
-            raise ValueError("'central' pools all data in one place; it cannot be federated")
+        check_networked(spec.method)  # central references pool all data: refused, saying why
         if not scenarios:
             raise ValueError("a federation needs at least one scenario")
         if min_clients > len(scenarios):

@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from msmtrec.federation.config import METHODS, experiment_overrides
+from msmtrec.federation.config import experiment_overrides
+from msmtrec.federation.methods import check_networked, method_names
 from msmtrec.model.config import PRESETS
 from msmtrec.spec import FederationSpec
 from msmtrec.training.config import TrainConfig
@@ -44,7 +45,10 @@ class AggregatorSettings(ServiceSettings):
     )
 
     # ------------------------------------------------------------- experiment protocol
-    method: str = Field("pfmsmtrec", description=f"federation method: {', '.join(METHODS)}")
+    method: str = Field(
+        "pfmsmtrec",
+        description=f"federation method: {', '.join(method_names(networked=True))}",
+    )
     preset: str = Field("small", description=f"model preset: {', '.join(sorted(PRESETS))}")
     seed: int = Field(0, description="seed of the initial model and of every local round")
     rounds: int = Field(10, description="rounds to run (may be raised on a restart)")
@@ -67,6 +71,15 @@ class AggregatorSettings(ServiceSettings):
     )
     template_l2: float | None = Field(
         None, description="λ of (λ/2)‖W_S, W_T‖², shrinking experts to W_G (method default)"
+    )
+    ditto_lambda: float | None = Field(
+        None, description="ditto: λ of (λ/2)‖v − w_global‖² on the personal model (0.1)"
+    )
+    finetune_epochs: int | None = Field(
+        None, description="fedavg-ft: most fine-tuning epochs, chosen on validation (1)"
+    )
+    head_epochs: int | None = Field(
+        None, description="fedrep: head-only epochs before the body epochs of a round (1)"
     )
 
     # ----------------------------------------------------------------------- rounds
@@ -132,6 +145,12 @@ class AggregatorSettings(ServiceSettings):
     shutdown_grace_seconds: float = Field(5.0, description="grace for in-flight calls on stop")
     threads: int | None = Field(None, description="torch intra-op threads for aggregation")
     log_level: str = Field("INFO", description="logging level")
+
+    @field_validator("method")
+    @classmethod
+    def _networked_method(cls, v: str) -> str:
+        check_networked(v)  # unknown or central: a ValueError that names the choices
+        return v
 
     @field_validator("min_clients", "rounds", "chunk_bytes", "heartbeat_patience")
     @classmethod

@@ -210,7 +210,10 @@ def preset_name(config: ModelConfig) -> str:
 
 
 def _model_of(source: ClientRuntime | MultiTaskMMoE) -> MultiTaskMMoE:
-    model = getattr(source, "model", source)
+    """The model to publish: a client runtime's evaluated model (its method decides: e.g.
+    Ditto's personal model), or the model itself."""
+    evaluated = getattr(source, "evaluated_model", None)
+    model = evaluated() if callable(evaluated) else getattr(source, "model", source)
     if not isinstance(model, MultiTaskMMoE):
         raise TypeError(
             f"publish() needs a ClientRuntime or a MultiTaskMMoE, got {type(source).__name__}"

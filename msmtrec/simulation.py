@@ -15,17 +15,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from msmtrec.data.dataset import ScenarioData, ScenarioSplits
+from msmtrec.data.dataset import ScenarioSplits
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
-from msmtrec.federation.client import ClientRuntime, round_seed
+from msmtrec.federation.client import ClientRuntime
 from msmtrec.federation.config import FederationConfig, ResolvesExperiment
+from msmtrec.federation.methods import get_method
 from msmtrec.federation.strategy import Strategy
 from msmtrec.model.config import ModelConfig
-from msmtrec.model.mmoe import build_model
+from msmtrec.training.history import Log, RoundRecord, round_line
+from msmtrec.training.history import fmt_metric as _fmt
 from msmtrec.training.metrics import TaskMetrics, mean_auc
-from msmtrec.training.trainer import TrainConfig, Trainer
-
-Log = Callable[[str], None]
+from msmtrec.training.trainer import TrainConfig
 
 
 @dataclass
@@ -41,17 +41,29 @@ class SimulationConfig(ResolvesExperiment):
     model_overrides: dict[str, Any] = field(default_factory=dict)
     federation_overrides: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
+    # Evaluate a scenario on test only in rounds where its validation AUC reached a new best
+    # (the only rounds per-scenario selection reads; the others record None and no mean).
+    # Saves the test pass of most rounds in long benchmark grids.
+    lazy_test: bool = False
 
 
-@dataclass
-class RoundRecord:
-    round: int
-    seconds: float
-    train_loss: dict[str, float]
-    valid: dict[str, dict[str, TaskMetrics]]
-    test: dict[str, dict[str, TaskMetrics]]
-    mean_valid_auc: float | None
-    mean_test_auc: float | None
+def per_scenario_selection(history: list[RoundRecord]) -> dict[str, dict[str, Any]]:
+    """Each scenario's own round: the one with its best mean validation AUC over tasks
+    (earliest on ties), with that round's validation and test metrics. This is what a
+    scenario that publishes with the ``best-valid`` policy serves; test is only read."""
+    out: dict[str, dict[str, Any]] = {}
+    for scenario in history[0].valid:
+        best, best_score = history[-1], None
+        for rec in history:
+            score = mean_auc({scenario: rec.valid[scenario]})
+            if score is not None and (best_score is None or score > best_score):
+                best, best_score = rec, score
+        out[scenario] = {
+            "round": best.round,
+            "valid": best.valid[scenario],
+            "test": best.test[scenario],
+        }
+    return out
 
 
 @dataclass
@@ -75,15 +87,12 @@ class SimulationResult:
             "valid": self.best.valid,
             "mean_test_auc": self.best.mean_test_auc,
             "mean_valid_auc": self.best.mean_valid_auc,
+            "per_scenario_selection": per_scenario_selection(self.history),
             "history": [asdict(r) for r in self.history],
         }
 
     def markdown(self) -> str:
         return results_markdown(self.method, self.best_round, self.best.test)
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
 
 
 def results_markdown(method: str, best_round: int, test: dict[str, dict[str, TaskMetrics]]) -> str:
@@ -126,19 +135,6 @@ def load_splits(
     return {s: load_scenario(data_dir, s, schema, valid_fraction) for s in names}
 
 
-def _round_line(rec: RoundRecord, total: int, tasks: tuple[str, ...]) -> str:
-    per_task = []
-    for t in tasks:
-        vals = [rec.valid[s][t]["auc"] for s in rec.valid if rec.valid[s][t]["auc"] is not None]
-        per_task.append(f"{t} {_fmt(sum(vals) / len(vals) if vals else None)}")
-    loss = sum(rec.train_loss.values()) / max(len(rec.train_loss), 1)
-    scen = " ".join(f"{s}:{_fmt(mean_auc({s: rec.valid[s]}))}" for s in rec.valid)
-    return (
-        f"round {rec.round:>3}/{total}  loss {loss:.4f}  valid AUC {' '.join(per_task)}  "
-        f"mean {_fmt(rec.mean_valid_auc)}  [{scen}]  {rec.seconds:.1f}s"
-    )
-
-
 def run_simulation(
     config: SimulationConfig,
     splits: dict[str, ScenarioSplits] | None = None,
@@ -150,8 +146,9 @@ def run_simulation(
     splits = splits or load_splits(config.data_dir, config.scenarios, config.valid_fraction)
     fed = config.federation()
     model_cfg = config.model_config()
-    if fed.method == "central":
-        history = _run_central(config, model_cfg, splits, log)
+    runner = get_method(fed.method).pooled_runner
+    if runner is not None:  # a pooled, non-federated reference (central methods)
+        history = runner(config, fed, model_cfg, splits, log)
     else:
         history = _run_federated(config, fed, model_cfg, splits, log, on_round)
     best = _select_round(history)
@@ -195,9 +192,10 @@ def _run_federated(
     first = next(iter(clients.values()))
     strategy = Strategy(fed, first.model.state_dict())
     for s, c in clients.items():
-        c.receive(strategy.payload(s))
+        c.receive(strategy.payload(s), completed_rounds=0)
     tasks = first.model.tasks
     history = []
+    best_valid: dict[str, float] = {}
     for r in range(1, config.rounds + 1):
         start = time.perf_counter()
         updates, losses = [], {}
@@ -206,52 +204,33 @@ def _run_federated(
             updates.append(update)
             losses[s] = fit.loss
         for s, payload in strategy.aggregate(updates).items():
-            clients[s].receive(payload)
+            clients[s].receive(payload, completed_rounds=r)
         valid = {s: c.evaluate("valid") for s, c in clients.items()}
-        test = {s: c.evaluate("test") for s, c in clients.items()}
-        rec = RoundRecord(
-            r, time.perf_counter() - start, losses, valid, test, mean_auc(valid), mean_auc(test)
-        )
-        history.append(rec)
-        log(_round_line(rec, config.rounds, tasks))
-        if on_round is not None:
-            on_round(r, clients)
-    return history
-
-
-def _run_central(
-    config: SimulationConfig,
-    model_cfg: ModelConfig,
-    splits: dict[str, ScenarioSplits],
-    log: Log,
-) -> list[RoundRecord]:
-    """One MMoE on the pooled training data of all scenarios (a non-private reference)."""
-    schema = next(iter(splits.values())).schema
-    model = build_model(schema, model_cfg, config.seed)
-    trainer = Trainer(model, config.train)
-    pooled = ScenarioData.concat([sp.train for _, sp in sorted(splits.items())])
-    history = []
-    for r in range(1, config.rounds + 1):
-        start = time.perf_counter()
-        fit = trainer.fit(
-            pooled,
-            seed=round_seed(config.seed, "central", r),
-            progress=config.progress,
-            desc=f"central r{r}",
-        )
-        valid = {s: trainer.evaluate(sp.valid) for s, sp in sorted(splits.items())}
-        test = {s: trainer.evaluate(sp.test) for s, sp in sorted(splits.items())}
+        if config.lazy_test:
+            test = {}
+            for s, c in clients.items():
+                score = mean_auc({s: valid[s]})
+                if score is not None and score > best_valid.get(s, float("-inf")):
+                    best_valid[s] = score
+                    test[s] = c.evaluate("test")
+                else:
+                    test[s] = {t: {"auc": None, "logloss": None} for t in tasks}
+        else:
+            test = {s: c.evaluate("test") for s, c in clients.items()}
         rec = RoundRecord(
             r,
             time.perf_counter() - start,
-            {"pooled": fit.loss},
+            losses,
             valid,
             test,
             mean_auc(valid),
-            mean_auc(test),
+            None if config.lazy_test else mean_auc(test),
+            strategy.last_report or None,
         )
         history.append(rec)
-        log(_round_line(rec, config.rounds, model.tasks))
+        log(round_line(rec, config.rounds, tasks))
+        if on_round is not None:
+            on_round(r, clients)
     return history
 
 

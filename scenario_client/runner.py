@@ -8,7 +8,9 @@ makes restarts of either side uneventful:
   restarted) which is answered by joining again;
 * a round's payload is evaluated (valid and test) right after it is loaded, i.e. the
   personalized model produced by the previous round, exactly where ``msmtrec simulate``
-  evaluates; the result is reported to that round's record and published to the registry;
+  evaluates; the result is reported to that round's record and published to the registry
+  (the model evaluated is the method's: e.g. Ditto's personal model, fedavg-ft's fine-tuned
+  copy — ``ClientRuntime.evaluated_model``);
 * the last submission is kept until the aggregator has it, so if the aggregator restarts and
   reopens the round, the same bytes are sent again (the server treats a byte-identical
   replay as the same submission);
@@ -368,8 +370,8 @@ class ScenarioClient:
             raise
         if dl.header.final:
             return  # the federation finished meanwhile; the main loop fetches it properly
-        self.runtime.receive(dl.params)
         completed = int(dl.header.completed_rounds)
+        self.runtime.receive(dl.params, completed_rounds=completed)
         eval_seconds = 0.0
         if completed >= 1 and completed > self.meta.evaluated_round:
             start = time.perf_counter()
@@ -432,8 +434,8 @@ class ScenarioClient:
         dl = self._download(0)
         if not dl.header.final:
             return
-        self.runtime.receive(dl.params)
         completed = int(dl.header.completed_rounds)
+        self.runtime.receive(dl.params, completed_rounds=completed)
         self._evaluate_and_report(completed, {"download_seconds": dl.seconds})
         self._save()
         self.report.final_round = completed

@@ -1,4 +1,5 @@
-"""Data: feature schema, AliExpress loader and raw preparer, synthetic generator."""
+"""Data: feature schema, AliExpress loader and raw preparer, synthetic generators and their
+data families, oracle side files."""
 
 from msmtrec._lazy import lazy_exports
 
@@ -17,6 +18,12 @@ _EXPORTS = {
     "SynthConfig": "msmtrec.data.synth",
     "generate": "msmtrec.data.synth",
     "synthesize": "msmtrec.data.synth",
+    "FAMILIES": "msmtrec.data.families",
+    "FAMILY_STRENGTHS": "msmtrec.data.families",
+    "family_config": "msmtrec.data.families",
+    "synthesize_family": "msmtrec.data.families",
+    "FieldPairConfig": "msmtrec.data.synth_fieldpair",
+    "load_oracle": "msmtrec.data.oracle",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

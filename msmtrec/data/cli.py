@@ -1,8 +1,10 @@
 """``msmtrec data``: make synthetic data, prepare raw AliExpress files, validate a data dir.
 
 Every ``SynthConfig`` knob is a flag, generated from the dataclass so a new knob can never be
-forgotten here. Each command prints a short per-scenario summary (rows, click and conversion
-rates) and returns a process exit code: 0 ok, 1 bad data or missing files.
+forgotten here. ``data synth --family NAME [--strength X]`` starts from a data family
+(``msmtrec.data.families``) and lets explicitly given knob flags override it.
+Each command prints a short per-scenario summary (rows, click and conversion rates) and
+returns a process exit code: 0 ok, 1 bad data or missing files.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ _SYNTH_HELP = {
     "imbalance": ">= 0: scenario i gets rows * exp(-imbalance * i)",
     "signal": "std of the feature-dependent logit part (higher = more predictable)",
     "test_drift": "0..1: extra covariate shift of test relative to train",
+    "task_conflict": "0..1: scenarios at odd positions get task correlation * (1 - 2 * this)",
+    "quantity_skew": ">= 1: the last scenario gets train rows / this (test rows unchanged)",
+    "calibration": "scenario: intercepts fitted per scenario (rates hit --ctr/--cvr); shared: "
+    "fitted once, so equal score functions give equal P(y|x)",
     "seed": "random seed (same seed and knobs -> byte-identical files)",
     "fmt": "output format",
 }
@@ -42,10 +48,15 @@ def register(subparsers: Any) -> None:
     synth = sub.add_parser(
         "synth",
         help="write synthetic multi-scenario data in the AliExpress processed schema",
-        description="Write <out>/<scenario>/{train,test}.<format> and <out>/synth.json.",
+        description=(
+            "Write <out>/<scenario>/{train,test}.<format>, the true test probabilities "
+            "<out>/<scenario>/test.oracle.parquet and <out>/synth.json. With --family, the "
+            "family sets the knobs and knob flags given explicitly override it."
+        ),
     )
     synth.add_argument("--out", type=Path, required=True, help="output directory")
-    _add_synth_flags(synth)
+    _add_family_flags(synth)
+    _add_synth_flags(synth, explicit_only=True)
     synth.set_defaults(func=run_synth)
 
     prep = sub.add_parser(
@@ -84,26 +95,68 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _add_synth_flags(parser: argparse.ArgumentParser) -> None:
+def _add_family_flags(parser: argparse.ArgumentParser) -> None:
+    from msmtrec.data.families import FAMILIES, FAMILY_HELP, FAMILY_STRENGTHS
+
+    lines = "; ".join(
+        f"{name}: {FAMILY_HELP[name]} (low {FAMILY_STRENGTHS[name]['low']}, "
+        f"high {FAMILY_STRENGTHS[name]['high']})"
+        for name in FAMILIES
+    )
+    parser.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default=None,
+        help=f"start from a data family (fieldpair is the held-out generator): {lines}",
+    )
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="0..1: strength of the family's heterogeneity (default: the family's high)",
+    )
+
+
+def _add_synth_flags(parser: argparse.ArgumentParser, explicit_only: bool = False) -> None:
+    """One flag per ``SynthConfig`` knob. ``explicit_only``: flags not given stay absent from
+    the parsed namespace (so a family's settings can tell them from explicit ones)."""
     from msmtrec.data.synth import SynthConfig
 
     defaults = SynthConfig()
     for f in dataclasses.fields(SynthConfig):
         default = getattr(defaults, f.name)
         help_text = f"{_SYNTH_HELP.get(f.name, f.name)} (default: {_show(default)})"
-        if f.name == "fmt":
+        # argparse.SUPPRESS as the default: an absent flag sets no attribute at all.
+        unset = argparse.SUPPRESS if explicit_only else None
+        if f.name in ("fmt", "calibration"):
             parser.add_argument(
-                "--format", dest="fmt", choices=("csv", "parquet"), default=default, help=help_text
+                _flag(f.name),
+                dest=f.name,
+                choices=("csv", "parquet") if f.name == "fmt" else ("scenario", "shared"),
+                default=default if unset is None else unset,
+                help=help_text,
             )
         elif f.name == "scenarios":
             parser.add_argument(
-                "--scenarios", nargs="+", default=list(default), metavar="NAME", help=help_text
+                "--scenarios",
+                nargs="+",
+                default=list(default) if unset is None else unset,
+                metavar="NAME",
+                help=help_text,
             )
         else:
             flag = "--" + f.name.replace("_", "-")
             parser.add_argument(
-                flag, dest=f.name, type=type(default), default=default, help=help_text
+                flag,
+                dest=f.name,
+                type=type(default),
+                default=default if unset is None else unset,
+                help=help_text,
             )
+
+
+def _flag(name: str) -> str:
+    return "--format" if name == "fmt" else "--" + name.replace("_", "-")
 
 
 def _show(value: Any) -> str:
@@ -128,13 +181,31 @@ def _fail(exc: Exception) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
+    from msmtrec.data.families import family_config, synthesize_family
     from msmtrec.data.synth import SynthConfig, synthesize
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SynthConfig)}
-    values["scenarios"] = _split_names(values["scenarios"])
+    given = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(SynthConfig)
+        if hasattr(args, f.name)
+    }
+    if "scenarios" in given:
+        given["scenarios"] = _split_names(given["scenarios"])
     try:
-        config = SynthConfig(**values)
-        summary = synthesize(args.out, config)
+        if args.family is None:
+            if args.strength is not None:
+                raise ValueError("--strength needs --family")
+            config = SynthConfig(**given)
+            summary = synthesize(args.out, config)
+        else:
+            if args.strength is not None and not 0.0 <= args.strength <= 1.0:
+                raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
+            known = {f.name for f in dataclasses.fields(type(family_config(args.family)))}
+            foreign = [_flag(name) for name in given if name not in known]
+            if foreign:
+                raise ValueError(f"{', '.join(foreign)} does not apply to --family {args.family}")
+            config = family_config(args.family, args.strength, **given)
+            summary = synthesize_family(args.out, args.family, args.strength, **given)
     except ValueError as exc:
         return _fail(exc)
     rows = []

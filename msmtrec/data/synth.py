@@ -10,8 +10,23 @@ kind of difference between scenarios:
 * ``covariate_shift`` (v): category frequencies ``(1-v) p_global + v q_s`` (q_s Dirichlet) and
   shifted numerical means and zero rates. Changes P(x), not P(y | x): what FedBN absorbs.
 * ``task_correlation`` (rho): the CVR score is ``rho * h_ctr + sqrt(1-rho^2) * h_cvr``.
+* ``task_conflict`` (k): the CTR-CVR relation differs between scenarios. Scenarios at odd
+  positions (the 2nd, 4th, ...) get ``rho * (1 - 2k)``, the others ``rho``: at k = 1 half the
+  scenarios have the opposite sign (a click-likely item is conversion-unlikely there), which is
+  where a task-shared representation learned in one scenario misleads another.
+* ``quantity_skew`` (q >= 1): the last scenario gets ``train_rows / q`` training rows (its
+  test rows are unchanged, so its AUC stays measurable): the data-poor participant that
+  federation should help most.
+* ``calibration``: ``scenario`` (default) fits the intercepts (and the CTR-CVR decorrelation)
+  on each scenario's train sample, so every scenario hits the target rates; ``shared`` fits
+  them once on the global reference sample, so with ``concept_shift = 0`` all scenarios have
+  exactly the same P(y | x) (pure covariate shift) and their realized rates follow P(x).
 * ``ctr`` / ``cvr``: intercepts are calibrated by bisection per scenario, so the realized click
   rate is ``ctr`` and the conversion (click-and-purchase) rate is ``ctr * cvr``.
+
+``synthesize`` also writes the true probabilities of every test row to
+``<scenario>/test.oracle.parquet`` (see ``msmtrec.data.oracle``): the ceiling any model can
+reach on that test set.
 
 Each score function F is learnable but not linear: per-category effect tables, a sparse
 linear part, bumps/steps of some numericals, and pairwise categorical x categorical,
@@ -26,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,9 +50,10 @@ import numpy as np
 
 from msmtrec.data.dataset import ScenarioData
 from msmtrec.data.loader import write_split
+from msmtrec.data.oracle import write_oracle
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
 
-__all__ = ["SynthConfig", "SynthScenario", "generate", "synthesize"]
+__all__ = ["SynthConfig", "SynthScenario", "generate", "synthesize", "write_scenarios"]
 
 GENERATOR_VERSION = 1
 _LATENT_DIM = 8
@@ -64,6 +81,14 @@ class SynthConfig:
     test_drift: float = 0.0  # extra covariate shift of test relative to train, in [0, 1]
     seed: int = 0
     fmt: str = "csv"
+    # Knobs added after generator version 1: at these defaults the output is what version 1
+    # wrote, and ``to_dict`` leaves them out so synth.json stays byte-identical too.
+    task_conflict: float = 0.0  # odd-position scenarios get rho * (1 - 2 * task_conflict)
+    quantity_skew: float = 1.0  # the last scenario gets train_rows / quantity_skew rows
+    # "scenario": intercepts and the CTR-CVR decorrelation fitted on each scenario's train
+    # sample; "shared": on the global reference sample, so equal score functions (concept
+    # shift 0) give exactly equal P(y | x) and realized rates move with P(x)
+    calibration: str = "scenario"
 
     def __post_init__(self) -> None:
         self.scenarios = tuple(self.scenarios)
@@ -76,7 +101,7 @@ class SynthConfig:
         for name in self.scenarios:
             if not name or name in (".", "..") or "/" in name or "\\" in name:
                 raise ValueError(f"scenario name {name!r} is not a valid directory name")
-        for key in ("concept_shift", "covariate_shift", "test_drift"):
+        for key in ("concept_shift", "covariate_shift", "test_drift", "task_conflict"):
             v = getattr(self, key)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{key} must be in [0, 1], got {v}")
@@ -90,18 +115,41 @@ class SynthConfig:
             raise ValueError("train_rows and test_rows must be >= 1")
         if self.imbalance < 0 or self.signal < 0:
             raise ValueError("imbalance and signal must be >= 0")
+        if not (math.isfinite(self.quantity_skew) and self.quantity_skew >= 1.0):
+            raise ValueError(f"quantity_skew must be >= 1, got {self.quantity_skew}")
         if self.fmt not in ("csv", "parquet"):
             raise ValueError(f"fmt must be 'csv' or 'parquet', got {self.fmt!r}")
+        if self.calibration not in ("scenario", "shared"):
+            raise ValueError(
+                f"calibration must be 'scenario' or 'shared', got {self.calibration!r}"
+            )
 
     def rows_for(self, index: int) -> tuple[int, int]:
-        """(train, test) rows of the index-th scenario under the imbalance knob."""
+        """(train, test) rows of the index-th scenario under the imbalance knob, and for the
+        last scenario the quantity skew (train rows only)."""
         f = math.exp(-self.imbalance * index)
-        return max(1, round(self.train_rows * f)), max(1, round(self.test_rows * f))
+        train = self.train_rows * f
+        if index == len(self.scenarios) - 1:
+            train /= self.quantity_skew
+        return max(1, round(train)), max(1, round(self.test_rows * f))
+
+    def task_correlation_for(self, index: int) -> float:
+        """The CTR-CVR latent correlation of the index-th scenario under ``task_conflict``."""
+        if index % 2 == 1:
+            return self.task_correlation * (1.0 - 2.0 * self.task_conflict)
+        return self.task_correlation
 
     def to_dict(self) -> dict[str, Any]:
+        """All knobs, except those added after version 1 while at their defaults."""
         d = asdict(self)
         d["scenarios"] = list(self.scenarios)
+        for key, default in _LATER_KNOBS.items():
+            if d[key] == default:
+                del d[key]
         return d
+
+
+_LATER_KNOBS = {"task_conflict": 0.0, "quantity_skew": 1.0, "calibration": "scenario"}
 
 
 @dataclass
@@ -113,7 +161,11 @@ class SynthScenario:
     test: ScenarioData
     train_ids: np.ndarray
     test_ids: np.ndarray
+    test_oracle: np.ndarray  # (n_test, 2) float64: true P(click), P(click and purchase)
     stats: dict[str, Any] = field(default_factory=dict)
+    # The scenario's true function (categorical, numerical) -> (n, 2) probabilities as in
+    # test_oracle: lets a caller score any rows, e.g. one scenario's rows under another's model.
+    oracle: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,6 +406,29 @@ class _Correlator:
         return self.rho * h_ctr + math.sqrt(max(0.0, 1 - self.rho**2)) * resid
 
 
+@dataclass(frozen=True)
+class _ScenarioModel:
+    """One scenario's true labelling function: x -> (click logit, P(purchase | click) logit)."""
+
+    parts: tuple[_ScoreFunction, _ScoreFunction, _ScoreFunction, _ScoreFunction]
+    concept_shift: float
+    correlate: _Correlator
+    signal: float
+    a_ctr: float
+    a_cvr: float
+
+    def logits(self, cat: np.ndarray, num: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, own = _task_scores(cat, num, self.parts, self.concept_shift)
+        k = self.signal
+        return k * h + self.a_ctr, k * self.correlate(h, own) + self.a_cvr
+
+    def __call__(self, cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+        """(n, 2) true P(click), P(click and purchase) of the rows (cat, num)."""
+        ctr_logit, cvr_logit = self.logits(cat, num)
+        p_ctr = _sigmoid(ctr_logit)
+        return np.stack([p_ctr, p_ctr * _sigmoid(cvr_logit)], axis=1)
+
+
 def _labels(
     ctr_logit: np.ndarray, cvr_logit: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -379,10 +454,11 @@ def generate(config: SynthConfig, schema: FeatureSchema = ALIEXPRESS) -> dict[st
         return _ScoreFunction(schema, _rng(seed, *key)).fit_scale(ref_cat, ref_num)
 
     ctr_global, cvr_global = fitted("ctr", "global"), fitted("cvr", "global")
-    c, rho = config.concept_shift, config.task_correlation
+    c = config.concept_shift
     out: dict[str, SynthScenario] = {}
     for index, name in enumerate(config.scenarios):
         n_train, n_test = config.rows_for(index)
+        rho = config.task_correlation_for(index)
         cov = world.shifted(world.base, config.covariate_shift, _rng(seed, name, "covariates"))
         cov_test = world.shifted(cov, config.test_drift, _rng(seed, name, "drift"))
         parts = (ctr_global, fitted("ctr", name), cvr_global, fitted("cvr", name))
@@ -390,19 +466,26 @@ def generate(config: SynthConfig, schema: FeatureSchema = ALIEXPRESS) -> dict[st
         sample_rng = _rng(seed, name, "train")
         tr_cat, tr_num = world.sample(cov, n_train, sample_rng)
         tr_h, tr_own = _task_scores(tr_cat, tr_num, parts, c)
-        correlate = _Correlator.fit(rho, tr_h, tr_own)
-        tr_r = correlate(tr_h, tr_own)
+        # Where the intercepts and the CTR-CVR decorrelation are fitted: this scenario's train
+        # sample (its rates hit the targets) or the shared reference sample (scenarios with
+        # the same score functions then have exactly the same P(y | x)).
+        if config.calibration == "shared":
+            fit_h, fit_own = _task_scores(ref_cat, ref_num, parts, c)
+        else:
+            fit_h, fit_own = tr_h, tr_own
+        correlate = _Correlator.fit(rho, fit_h, fit_own)
+        fit_r = correlate(fit_h, fit_own)
         k = config.signal
-        a_ctr = _calibrate(config.ctr, _MeanRate(k * tr_h))
+        a_ctr = _calibrate(config.ctr, _MeanRate(k * fit_h))
         a_cvr = _calibrate(
-            config.ctr * config.cvr, _MeanRate(k * tr_r, weights=_sigmoid(a_ctr + k * tr_h))
+            config.ctr * config.cvr, _MeanRate(k * fit_r, weights=_sigmoid(a_ctr + k * fit_h))
         )
-        tr_lab, _, _ = _labels(k * tr_h + a_ctr, k * tr_r + a_cvr, sample_rng)
+        model = _ScenarioModel(parts, c, correlate, k, a_ctr, a_cvr)
+        tr_lab, _, _ = _labels(*model.logits(tr_cat, tr_num), sample_rng)
+        tr_r = correlate(tr_h, tr_own)
         test_rng = _rng(seed, name, "test")
         te_cat, te_num = world.sample(cov_test, n_test, test_rng)
-        te_h, te_own = _task_scores(te_cat, te_num, parts, c)
-        te_r = correlate(te_h, te_own)
-        te_lab, te_pctr, te_pctcvr = _labels(k * te_h + a_ctr, k * te_r + a_cvr, test_rng)
+        te_lab, te_pctr, te_pctcvr = _labels(*model.logits(te_cat, te_num), test_rng)
 
         train = ScenarioData(
             tr_cat, tr_num, tr_lab, oov_counts=np.zeros(schema.num_categorical, np.int64)
@@ -436,7 +519,9 @@ def generate(config: SynthConfig, schema: FeatureSchema = ALIEXPRESS) -> dict[st
             test=test,
             train_ids=np.arange(n_train, dtype=np.int64) // _PAGE_SIZE,
             test_ids=first_test_page + np.arange(n_test, dtype=np.int64) // _PAGE_SIZE,
+            test_oracle=np.stack([te_pctr, te_pctcvr], axis=1).astype(np.float64),
             stats=stats,
+            oracle=model,
         )
     return out
 
@@ -451,25 +536,24 @@ def _rounded(x: Any) -> Any:
     return x
 
 
-def synthesize(
-    out_dir: Path | str, config: SynthConfig, schema: FeatureSchema = ALIEXPRESS
+def write_scenarios(
+    out_dir: Path | str,
+    scenarios: dict[str, SynthScenario],
+    summary: dict[str, Any],
+    fmt: str,
+    schema: FeatureSchema = ALIEXPRESS,
 ) -> dict[str, Any]:
-    """Write ``<out_dir>/<scenario>/{train,test}.<fmt>`` and ``<out_dir>/synth.json`` (the
-    config and per-scenario realized rates). Same seed and knobs -> byte-identical files."""
+    """Write each scenario's ``{train,test}.<fmt>`` and ``test.oracle.parquet``, then
+    ``synth.json`` = ``summary`` plus the per-scenario stats (floats rounded). Shared by every
+    generator so they all produce the same on-disk layout."""
     out_dir = Path(out_dir)
-    scenarios = generate(config, schema)
-    summary: dict[str, Any] = {
-        "generator": "msmtrec.data.synth",
-        "generator_version": GENERATOR_VERSION,
-        "config": config.to_dict(),
-        "schema": schema.to_dict(),
-        "scenarios": {},
-    }
+    summary = {**summary, "scenarios": {}}
     for name, sc in scenarios.items():
         directory = out_dir / name
         directory.mkdir(parents=True, exist_ok=True)
-        write_split(sc.train, directory / f"train.{config.fmt}", schema, sc.train_ids)
-        write_split(sc.test, directory / f"test.{config.fmt}", schema, sc.test_ids)
+        write_split(sc.train, directory / f"train.{fmt}", schema, sc.train_ids)
+        write_split(sc.test, directory / f"test.{fmt}", schema, sc.test_ids)
+        write_oracle(directory, sc.test_oracle)
         summary["scenarios"][name] = sc.stats
     summary = _rounded(summary)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -477,3 +561,24 @@ def synthesize(
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     tmp.replace(out_dir / "synth.json")
     return summary
+
+
+def synthesize(
+    out_dir: Path | str,
+    config: SynthConfig,
+    schema: FeatureSchema = ALIEXPRESS,
+    family: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``<out_dir>/<scenario>/{train,test}.<fmt>``, the oracle side file
+    ``<out_dir>/<scenario>/test.oracle.parquet`` and ``<out_dir>/synth.json`` (the config,
+    ``family`` when given, and per-scenario realized rates). Same seed and knobs ->
+    byte-identical files."""
+    summary: dict[str, Any] = {
+        "generator": "msmtrec.data.synth",
+        "generator_version": GENERATOR_VERSION,
+        "config": config.to_dict(),
+        "schema": schema.to_dict(),
+    }
+    if family is not None:
+        summary["family"] = family
+    return write_scenarios(out_dir, generate(config, schema), summary, config.fmt, schema)

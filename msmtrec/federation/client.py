@@ -3,6 +3,10 @@
 It owns the scenario's model and data, receives θ^start from the server, trains a round with
 the regularizer anchored at θ^start, and returns θ^end of the tensors the parameter-group
 table lets leave the client. Everything else (embeddings, gates, W_T, BatchNorm) stays here.
+
+What a round trains, which model is evaluated and published, and any extra local state are
+the method's (:class:`~msmtrec.federation.methods.hooks.ClientHooks`, from the method
+registry), so every method behaves identically in the simulation and over the network.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import torch
 from msmtrec.data.dataset import ScenarioSplits
 from msmtrec.federation.config import FederationConfig
 from msmtrec.federation.groups import Group, classify, signature
+from msmtrec.federation.methods import get_method
+from msmtrec.federation.methods.hooks import ClientHooks
 from msmtrec.federation.strategy import ClientUpdate, Tensors
 from msmtrec.model.config import ModelConfig
 from msmtrec.model.mmoe import MultiTaskMMoE, build_model
@@ -64,8 +70,22 @@ class ClientRuntime:
         self.anchor: Tensors | None = None
         lam = federation.template_l2
         self.shrink = {
-            n: lam for n in state if lam > 0 and classify(n) in (Group.SCENARIO, Group.TASK)
+            n: lam
+            for n in state
+            if lam > 0 and classify(n) in (Group.SCENARIO, Group.TASK, Group.EMBEDDING_SCENARIO)
         }
+        # completed rounds of the payload last received (None: not told, e.g. by a caller
+        # that predates it); methods that train at evaluation time seed from it
+        self.completed_rounds: int | None = None
+        factory = get_method(federation.method).client_hooks
+        self.hooks: ClientHooks = factory(federation) if factory is not None else ClientHooks()
+        self.hooks.attach(self)
+
+    def round_seed(self, round_number: int, stream: str = "") -> int:
+        """The seed of this client's ``round_number``; ``stream`` names a further random
+        stream of the same round (e.g. a personal model's), "" is the round's training."""
+        scenario = f"{self.scenario}/{stream}" if stream else self.scenario
+        return round_seed(self.seed, scenario, round_number)
 
     def signature(self) -> dict[str, tuple]:
         return signature(self.model.state_dict(), self.sent_names)
@@ -74,8 +94,11 @@ class ClientRuntime:
         state = self.model.state_dict()
         return {n: state[n].detach().clone() for n in self.sent_names}
 
-    def receive(self, payload: Mapping[str, torch.Tensor]) -> None:
-        """Load the server's θ^start for this client; it also anchors the regularizer."""
+    def receive(
+        self, payload: Mapping[str, torch.Tensor], completed_rounds: int | None = None
+    ) -> None:
+        """Load the server's θ^start for this client; it also anchors the regularizer.
+        ``completed_rounds``: how many rounds produced it (0 for the initial model)."""
         if set(payload) != set(self.sent_names):
             missing = sorted(set(self.sent_names) - set(payload))
             extra = sorted(set(payload) - set(self.sent_names))
@@ -87,19 +110,13 @@ class ClientRuntime:
                     raise ValueError(f"{n}: shape {tuple(t.shape)} != {tuple(state[n].shape)}")
                 state[n].copy_(t)
         self.anchor = {n: t.detach().clone() for n, t in payload.items()}
+        self.completed_rounds = completed_rounds
+        self.hooks.after_receive(self)
 
     def train_round(
         self, round_number: int, progress: bool = False
     ) -> tuple[ClientUpdate, FitResult]:
-        fit = self.trainer.fit(
-            self.splits.train,
-            seed=round_seed(self.seed, self.scenario, round_number),
-            anchor=self.anchor,
-            mu=self.federation.mu,
-            shrink=self.shrink,
-            progress=progress,
-            desc=f"{self.scenario} r{round_number}",
-        )
+        fit = self.hooks.train(self, round_number, progress)
         update = ClientUpdate(
             client_id=self.scenario,
             num_samples=fit.num_samples,
@@ -112,10 +129,24 @@ class ClientRuntime:
         data = {"valid": self.splits.valid, "test": self.splits.test, "train": self.splits.train}
         if split not in data:
             raise ValueError(f"unknown split {split!r}")
-        return self.trainer.evaluate(data[split])
+        model = self.evaluated_model()
+        trainer = self.trainer if model is self.model else Trainer(model, self.trainer.config)
+        return trainer.evaluate(data[split])
+
+    def evaluated_model(self) -> MultiTaskMMoE:
+        """The model this client evaluates and publishes: the federated one, unless the
+        method keeps a personal or fine-tuned model for that (Ditto, fedavg-ft)."""
+        return self.hooks.evaluated_model(self)
 
     def full_state(self) -> dict[str, torch.Tensor]:
-        return {n: t.detach().clone() for n, t in self.model.state_dict().items()}
+        """The model's state_dict plus the method's extra local state (prefixed names)."""
+        state = {n: t.detach().clone() for n, t in self.model.state_dict().items()}
+        state.update(self.hooks.extra_state(self))
+        return state
 
     def load_full_state(self, state: Mapping[str, Any]) -> None:
-        self.model.load_state_dict(dict(state), strict=True)
+        prefix = self.hooks.state_prefix
+        extra = {n: t for n, t in state.items() if prefix and n.startswith(prefix)}
+        own = {n: t for n, t in state.items() if n not in extra}
+        self.model.load_state_dict(own, strict=True)
+        self.hooks.load_extra_state(self, extra)

@@ -1,32 +1,53 @@
-"""Federation methods: the baselines and PF-MSMTrec with its ablation switches (ALGORITHM.md §7).
+"""Federation configuration: what a method's server and clients do, as one frozen record.
 
-A method is a name that resolves to a :class:`FederationConfig` (server behaviour and the
-local regularizer) plus the model template it needs. The policy table of each method lives in
-:meth:`FederationConfig.parameter_groups`.
+A method is a name registered in :mod:`msmtrec.federation.methods` that resolves to a
+:class:`FederationConfig` (server behaviour, the local regularizer, method knobs) plus the model
+template it needs. The policy table of each method (what leaves a client) is the registered
+method's; :meth:`FederationConfig.parameter_groups` looks it up.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal
 
-from msmtrec.federation.groups import Group, ParameterGroups, Policy
+from msmtrec.federation.groups import ParameterGroups
 from msmtrec.model.config import ModelConfig, preset
 
 ConflictMode = Literal["ca", "pcgrad", "none"]
 CaRescale = Literal["alpha", "alpha_sq", "none"]
+PersonalForm = Literal["add", "interp"]
+HyperGrad = Literal["raw", "cosine"]
 
-BASE_METHODS = ("local", "fedavg", "fedprox", "fedbn", "pfmsmtrec", "central")
-ABLATIONS = {
-    "pfmsmtrec-no-template": "w/o parameter template (plain experts, personalized aggregation)",
-    "pfmsmtrec-no-fedbn": "w/o FedBN (BatchNorm averaged)",
-    "pfmsmtrec-no-conflict": "w/o conflict coordination (g = mean Δ)",
-    "pfmsmtrec-no-personal": "w/o personalized aggregation (a_c = b_c = 1)",
-    "pfmsmtrec-no-tower": "w/o tower aggregation (towers local)",
-    "pfmsmtrec-mu0": "μ = 0 (no personalization regularizer)",
-    "pfmsmtrec-no-shrink": "template_l2 = 0 (ALGORITHM.md exactly as written)",
+# Knobs of single methods. None means "this method has no such knob": a configuration
+# without them serialises exactly as before they existed (checkpoints and spec digests of
+# the older methods are unchanged), and setting one on a method that lacks it is an error.
+METHOD_KNOBS = ("ditto_lambda", "finetune_epochs", "head_epochs")
+# Fields added after checkpoints existed, with the value every older configuration had.
+_FORM_DEFAULTS: dict[str, Any] = {
+    "personal_form": "add",
+    "hyper_grad": "raw",
+    "attention_temperature": None,
+    "embedding_template": False,
 }
-METHODS = BASE_METHODS + tuple(ABLATIONS)
+
+
+def __getattr__(name: str) -> Any:
+    """``METHODS``, ``BASE_METHODS`` and ``ABLATIONS`` come from the method registry (read
+    lazily: the registry's modules import this one)."""
+    from msmtrec.federation.methods import get_method, method_names
+
+    if name == "METHODS":
+        return method_names()
+    if name == "BASE_METHODS":
+        return tuple(n for n in method_names() if get_method(n).family == n)
+    if name == "ABLATIONS":
+        return {
+            n: get_method(n).description
+            for n in method_names()
+            if get_method(n).family == "pfmsmtrec" and n != "pfmsmtrec"
+        }
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -55,37 +76,50 @@ class FederationConfig:
     hyper_momentum: float = 0.9
     hyper_weight_decay: float = 1e-4
     template_l2: float = 0.0
+    # Forms of the personalization (docs/METHOD.md, "Personalization forms"): how a client's
+    # own delta and the shared update combine, how the hyper-gradient is scaled, and the
+    # attention over tower deltas (None: FedHCA²'s scaled dot product).
+    personal_form: PersonalForm = "add"
+    hyper_grad: HyperGrad = "raw"
+    attention_temperature: float | None = None
+    # The embedding template (ModelConfig.embedding_template): E_G + numerical projection
+    # FedAvg'd, E_S local and shrunk by template_l2 like W_S.
+    embedding_template: bool = False
+    # Method knobs (METHOD_KNOBS; None: the method has none). ditto_lambda: λ of Ditto's
+    # (λ/2)‖v − w_global‖². finetune_epochs: fedavg-ft's most local fine-tuning epochs.
+    # head_epochs: FedRep's head-only epochs before the body epochs of a round.
+    ditto_lambda: float | None = None
+    finetune_epochs: int | None = None
+    head_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.ditto_lambda is not None and not self.ditto_lambda >= 0:
+            raise ValueError(f"ditto_lambda must be >= 0, got {self.ditto_lambda!r}")
+        for name in ("finetune_epochs", "head_epochs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
 
     def parameter_groups(self) -> ParameterGroups:
-        keep = Policy.KEEP
-        if self.method == "local" or self.method == "central":
-            return ParameterGroups({})
-        if self.method in ("fedavg", "fedprox", "fedbn"):
-            return ParameterGroups(
-                {
-                    Group.GLOBAL: Policy.FEDAVG,
-                    Group.SCENARIO: Policy.FEDAVG,
-                    Group.GATE: Policy.FEDAVG,
-                    Group.TOWER: Policy.FEDAVG,
-                    Group.BN: keep if self.method == "fedbn" else Policy.FEDAVG,
-                }
-            )
-        if self.method == "pfmsmtrec":
-            # With plain experts (template "none") the whole expert weight goes through
-            # conflict coordination, so the ablation isolates the template itself.
-            expert_global = Policy.PERSONAL_EXPERT if self.template == "none" else Policy.FEDAVG
-            return ParameterGroups(
-                {
-                    Group.GLOBAL: expert_global,
-                    Group.SCENARIO: Policy.PERSONAL_EXPERT,
-                    Group.TOWER: Policy.PERSONAL_TOWER if self.tower_aggregation else keep,
-                    Group.BN: keep if self.fedbn else Policy.FEDAVG,
-                }
-            )
-        raise ValueError(f"unknown method {self.method!r}")
+        """What leaves a client, per group: the registered method family's table."""
+        from msmtrec.federation.methods import get_method
+
+        policies = get_method(self.method).policies
+        if policies is None:  # a variant's defaults name their family, never themselves
+            raise ValueError(f"method {self.method!r} is not a method family")
+        return policies(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, except method knobs the method does not have (None) and forms left
+        at their original value (so older checkpoints and spec digests read the same)."""
+        d = asdict(self)
+        for knob in METHOD_KNOBS:
+            if d[knob] is None:
+                del d[knob]
+        for name, original in _FORM_DEFAULTS.items():
+            if d[name] == original:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FederationConfig:
@@ -105,12 +139,33 @@ def resolve_experiment(
     method's template unless a model override names one. The simulation and the networked
     federation both resolve through here, so they always build the same model."""
     fed = resolve_method(method, **(federation_overrides or {}))
-    model = preset(preset_name, **{"template": fed.template, **(model_overrides or {})})
+    model = preset(
+        preset_name,
+        **{
+            "template": fed.template,
+            "embedding_template": fed.embedding_template,
+            **(model_overrides or {}),
+        },
+    )
     return fed, model
 
 
 # Knobs a user may set over a method's defaults (flags of `simulate`, aggregator settings).
-FEDERATION_KNOBS = ("mu", "conflict", "ca_alpha", "ca_rescale", "template", "template_l2")
+FEDERATION_KNOBS = (
+    "mu",
+    "conflict",
+    "ca_alpha",
+    "ca_rescale",
+    "template",
+    "template_l2",
+    "personal_form",
+    "hyper_grad",
+    "attention_temperature",
+    "embedding_template",
+    "init_weight",
+    "hyper_lr",
+    *METHOD_KNOBS,
+)
 MODEL_KNOBS = ("template", "ctcvr_head")
 
 
@@ -146,28 +201,22 @@ class ResolvesExperiment:
 
 
 def resolve_method(name: str, **overrides: Any) -> FederationConfig:
-    """Method name (a baseline, pfmsmtrec or one of its ablations) → its configuration."""
-    base: dict[str, FederationConfig] = {
-        "local": FederationConfig("local", template="none", mu=0.0),
-        "fedavg": FederationConfig("fedavg", template="none", mu=0.0),
-        "fedprox": FederationConfig("fedprox", template="none", mu=0.01),
-        "fedbn": FederationConfig("fedbn", template="none", mu=0.0),
-        "central": FederationConfig("central", template="none", mu=0.0),
-        # template_l2 chosen on validation (docs/METHOD.md, "Tuning").
-        "pfmsmtrec": FederationConfig("pfmsmtrec", template_l2=3e-3),
-    }
-    pf = base["pfmsmtrec"]
-    ablations = {
-        "pfmsmtrec-no-template": pf.with_(template="none"),
-        "pfmsmtrec-no-fedbn": pf.with_(fedbn=False),
-        "pfmsmtrec-no-conflict": pf.with_(conflict="none"),
-        "pfmsmtrec-no-personal": pf.with_(personalize=False, init_weight=1.0),
-        "pfmsmtrec-no-tower": pf.with_(tower_aggregation=False),
-        "pfmsmtrec-mu0": pf.with_(mu=0.0),
-        "pfmsmtrec-no-shrink": pf.with_(template_l2=0.0),
-    }
-    table = {**base, **ablations}
-    if name not in table:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    cfg = table[name]
-    return cfg.with_(**{k: v for k, v in overrides.items() if v is not None})
+    """Method name (any registered method: a baseline, pfmsmtrec or one of its ablations) →
+    its configuration, with ``overrides`` (None values ignored) applied. An override that
+    names no field, or a method knob the method does not have, is a ValueError naming it."""
+    from msmtrec.federation.methods import get_method
+
+    cfg = get_method(name).defaults
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    known = {f.name for f in fields(FederationConfig)} - {"method"}
+    for key in changes:
+        if key not in known:
+            raise ValueError(
+                f"unknown federation override {key!r}; known: {', '.join(sorted(known))}"
+            )
+        if key in METHOD_KNOBS and getattr(cfg, key) is None:
+            raise ValueError(
+                f"{key} is not a knob of method {name!r} (its knobs: "
+                f"{', '.join(k for k in METHOD_KNOBS if getattr(cfg, k) is not None) or 'none'})"
+            )
+    return cfg.with_(**changes)

@@ -175,6 +175,15 @@ class Strategy:
         self.last_expert_update: Tensors = {}  # name → g laid out like the tensor
         self.last_attention: dict[str, Tensors] = {}  # client → name → attn_c D
         self.last_participants: list[str] = []
+        # personal_form "interp": each client's last own delta of the personalized tensors
+        # (the hyper-gradient's direction is g − Δ_c^prev).
+        self.last_delta: dict[str, Tensors] = {}
+        # What the last round did, for people (results.json, the status API, plots): never
+        # read back by the aggregation itself. See :meth:`round_report`.
+        self.last_report: dict[str, Any] = {}
+        self._expert_mixing: torch.Tensor | None = None  # (K, C): g_k = Σ_j m_kj Δ_j
+        self._ca_plans: dict[int, tuple[float, list[float] | None]] = {}
+        self._tower_attention: dict[str, torch.Tensor] = {}  # tower layer → (C, C)
 
     # ----------------------------------------------------------------------------- payloads
     @property
@@ -250,15 +259,26 @@ class Strategy:
         starts = {cid: self.payload(cid) for cid in ids}
         ends = {u.client_id: u.params for u in updates}
         tower_deltas = {c: {n: ends[c][n] - starts[c][n] for n in self.tower_names} for c in ids}
-        fast_ca = self.config.conflict == "ca"
-        hyper = self.config.personalize and any(c in self.last_participants for c in ids)
+        cfg = self.config
+        fast_ca = cfg.conflict == "ca"
+        general = cfg.personal_form != "add" or cfg.hyper_grad != "raw"
+        hyper = cfg.personalize and any(c in self.last_participants for c in ids)
         grams, grad_a = (
-            self._expert_statistics(ids, starts, ends, hyper and fast_ca) if fast_ca else ({}, None)
+            self._expert_statistics(ids, starts, ends, hyper and fast_ca and not general)
+            if fast_ca
+            else ({}, None)
         )
         if hyper:
-            if grad_a is None:  # other coordination modes: the reference path
-                grad_a = self._grad_a_reference(ids, starts, ends)
-            self._hyper_step(ids, grad_a, tower_deltas)
+            if general:
+                grad_a, grads_b = self._hyper_gradients_general(ids, starts, ends, tower_deltas)
+            else:
+                if grad_a is None:  # other coordination modes: the reference path
+                    grad_a = self._grad_a_reference(ids, starts, ends)
+                grads_b = [self._grad_b(c, tower_deltas[c]) for c in ids]
+            self._hyper_step(ids, grad_a, grads_b)
+        if cfg.personal_form == "interp":
+            names = self.expert_names + self.tower_names
+            self.last_delta.update({c: {n: ends[c][n] - starts[c][n] for n in names} for c in ids})
         new_global = self._fedavg(updates, starts, ends)
         new_personal: dict[str, Tensors] = {
             c: {n: ends[c][n].clone() for n in self.tower_names} for c in ids
@@ -269,7 +289,54 @@ class Strategy:
         self.personal.update(new_personal)
         self.last_participants = ids
         self.round += 1
+        self.last_report = self._report(ids)
         return {cid: self.payload(cid) for cid in ids}
+
+    def _report(self, ids: list[str]) -> dict[str, Any]:
+        """The personalization this round applied, as plain JSON-able numbers.
+
+        ``learn_from[part][c][j]``: the weight with which client j's delta entered client
+        c's new parameters beyond c's own delta — for experts the mean over experts of
+        a_{c,k}·m_{k,j}, where g_k = Σ_j m_{k,j} Δ_j (the mean plus the conflict-averse
+        correction, divided by the rescale); for towers the mean over layers of
+        b_{c,l}·attn_{c,j}. Rows are "who learns from whom"."""
+        cfg = self.config
+        if not (self.expert_names or self.tower_names):
+            return {}
+        report: dict[str, Any] = {"round": self.round, "clients": ids}
+        if self.expert_names:
+            report["a"] = {
+                c: (
+                    self.effective_a(c) if cfg.personalize else [cfg.init_weight] * self.num_experts
+                )
+                for c in ids
+            }
+            report["ca"] = {
+                str(k): {"c": c_k, "w": dict(zip(ids, w, strict=True)) if w is not None else None}
+                for k, (c_k, w) in self._ca_plans.items()
+            }
+            if self._expert_mixing is not None:
+                mix = self._expert_mixing  # (K, C)
+                report["learn_from"] = {"experts": {
+                    c: dict(zip(ids, (torch.tensor(report["a"][c], dtype=torch.float64) @ mix
+                                      / self.num_experts).tolist(), strict=True))
+                    for c in ids
+                }}  # fmt: skip
+        if self.tower_names:
+            report["b"] = {
+                c: (self.effective_b(c) if cfg.personalize
+                    else {layer: cfg.init_weight for layer in self.tower_layers})
+                for c in ids
+            }  # fmt: skip
+            towers: dict[str, dict[str, float]] = {}
+            for i, c in enumerate(ids):
+                row = torch.zeros(len(ids), dtype=torch.float64)
+                for layer, attn in self._tower_attention.items():
+                    row += report["b"][c][layer] * attn[i]
+                row /= max(len(self._tower_attention), 1)
+                towers[c] = dict(zip(ids, row.tolist(), strict=True))
+            report.setdefault("learn_from", {})["towers"] = towers
+        return report
 
     def _flat(
         self, ids: list[str], source: dict[str, Tensors], name: str, k: int | None = None
@@ -390,6 +457,15 @@ class Strategy:
                     norm_sq[k] += float(both[k, 1] @ both[k, 1])
             means[n], mixed[n] = both[:, 0], both[:, 1]
         divisor = rescale_divisor(cfg.ca_alpha, cfg.ca_rescale)
+        mixing = torch.full((self.num_experts, clients), 1.0 / clients, dtype=torch.float64)
+        for k, (c, w_star) in plans.items():
+            if w_star is not None:
+                mixing[k] += c / (math.sqrt(norm_sq[k]) + 1e-16) * torch.from_numpy(w_star)
+        self._expert_mixing = mixing / divisor
+        self._ca_plans = {
+            k: (float(c), None if w is None else [float(x) for x in w])
+            for k, (c, w) in plans.items()
+        }
         update: Tensors = {}
         for n in self.expert_names:
             g = means[n]
@@ -410,6 +486,14 @@ class Strategy:
         :func:`coordinate` (memory O(C·P_k); these modes are ablations)."""
         cfg = self.config
         update: Tensors = {n: torch.zeros_like(self.initial[n]) for n in self.expert_names}
+        # g is a fixed mixture of the deltas only without coordination (PCGrad's projections
+        # depend on the deltas themselves).
+        self._expert_mixing = (
+            torch.full((self.num_experts, len(ids)), 1.0 / len(ids), dtype=torch.float64)
+            if cfg.conflict == "none"
+            else None
+        )
+        self._ca_plans = {}
         for k in range(self.num_experts):
             stacked = torch.stack(
                 [
@@ -452,24 +536,46 @@ class Strategy:
                 # 36 MB tensor costs more in page faults than the arithmetic itself
                 old = mine.get(n)
                 out = old if old is not None and old is not self.initial[n] else None
-                new[c][n] = torch.addcmul(ends[c][n], scale.view(shape), update[n], out=out)
+                direction = update[n]
+                if cfg.personal_form == "interp":  # θ_start + (1 − a)Δ_c + a·g
+                    direction = update[n] - (ends[c][n] - starts[c][n])
+                new[c][n] = torch.addcmul(ends[c][n], scale.view(shape), direction, out=out)
         return update
+
+    def _attention(self, d: torch.Tensor) -> torch.Tensor:
+        """Row-stochastic (C, C) attention over the clients' deltas ``d`` (C, dim).
+
+        FedHCA²'s scaled dot product softmax(Δ Dᵀ/√dim) by default; with a temperature τ,
+        softmax(cos(Δ_c, Δ_j)/τ): scale-free, so it does not collapse to uniform when the
+        deltas are small (they are, a round's tower update is ~1e-2 per weight)."""
+        tau = self.config.attention_temperature
+        if tau is None:
+            return torch.softmax(d @ d.T / math.sqrt(d.shape[1]), dim=1)
+        unit = d / (d.norm(dim=1, keepdim=True) + 1e-16)
+        return torch.softmax(unit @ unit.T / tau, dim=1)
 
     def _personal_towers(
         self, ids: list[str], deltas: dict[str, Tensors], new: dict[str, Tensors]
     ) -> dict[str, Tensors]:
         attention: dict[str, Tensors] = {c: {} for c in ids}
+        per_layer: dict[str, list[torch.Tensor]] = {}
         for n in self.tower_names:
             d = torch.stack([deltas[c][n].reshape(-1) for c in ids]).double()  # (C, dim)
-            attn = torch.softmax(d @ d.T / math.sqrt(d.shape[1]), dim=1)
+            attn = self._attention(d)
+            per_layer.setdefault(tower_layer(n), []).append(attn)
             mixed = (attn @ d).to(self.initial[n].dtype)
             for i, c in enumerate(ids):
                 attention[c][n] = mixed[i].view_as(self.initial[n])
+        self._tower_attention = {
+            layer: torch.stack(attns).mean(0) for layer, attns in per_layer.items()
+        }
+        interp = self.config.personal_form == "interp"
         for c in ids:
             b = self.effective_b(c) if self.config.personalize else None
             for n in self.tower_names:
                 weight = b[tower_layer(n)] if b is not None else self.config.init_weight
-                new[c][n] = new[c][n] + weight * attention[c][n]
+                direction = attention[c][n] - deltas[c][n] if interp else attention[c][n]
+                new[c][n] = new[c][n] + weight * direction
         return attention
 
     def hyper_gradients(
@@ -496,19 +602,70 @@ class Strategy:
                 grad_b[tower_layer(n)] -= float((mixed[n].double() * delta[n].double()).sum())
         return grad_b
 
+    def _hyper_gradients_general(
+        self,
+        ids: list[str],
+        starts: dict[str, Tensors],
+        ends: dict[str, Tensors],
+        tower_deltas: dict[str, Tensors],
+    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
+        """∂L/∂a and ∂L/∂b for the non-default forms, client by client.
+
+        θ^new is linear in the weight with direction u = g (``add``) or u = g − Δ_c^prev
+        (``interp``); with diff_c = −Δ_c^now the gradient is −⟨u, Δ_c^now⟩, and with
+        ``hyper_grad="cosine"`` it is divided by ‖u‖·‖Δ_c^now‖: the sign of the raw
+        gradient with a scale-free size, so one learning rate fits every layer and model."""
+        cfg = self.config
+        interp, cosine = cfg.personal_form == "interp", cfg.hyper_grad == "cosine"
+        grads_a = torch.zeros(len(ids), self.num_experts, dtype=torch.float64)
+        grads_b: list[dict[str, float]] = []
+
+        def grad(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+            dot = sum(float(u.double().flatten() @ v.double().flatten()) for u, v in parts)
+            if not cosine:
+                return -dot
+            nu = math.sqrt(sum(float(u.double().square().sum()) for u, _ in parts))
+            nv = math.sqrt(sum(float(v.double().square().sum()) for _, v in parts))
+            return -dot / (nu * nv + 1e-16)
+
+        for i, c in enumerate(ids):
+            if c not in self.last_participants:
+                grads_b.append({layer: 0.0 for layer in self.tower_layers})
+                continue
+            prev = self.last_delta.get(c, {}) if interp else {}
+            for k in range(self.num_experts):
+                parts = []
+                for n in self.expert_names:
+                    g = self.last_expert_update.get(n)
+                    if g is None:
+                        continue
+                    u = g[k] - prev[n][k] if n in prev else g[k]
+                    parts.append((u, ends[c][n][k] - starts[c][n][k]))
+                grads_a[i, k] = grad(parts) if parts else 0.0
+            mixed = self.last_attention.get(c, {})
+            by_layer: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+            for n in self.tower_names:
+                if n in mixed:
+                    u = mixed[n] - prev[n] if n in prev else mixed[n]
+                    by_layer.setdefault(tower_layer(n), []).append((u, tower_deltas[c][n]))
+            grads_b.append(
+                {layer: grad(by_layer[layer]) if layer in by_layer else 0.0
+                 for layer in self.tower_layers}
+            )  # fmt: skip
+        return grads_a, grads_b
+
     def _hyper_step(
-        self, ids: list[str], grads_a: torch.Tensor, tower_deltas: dict[str, Tensors]
+        self, ids: list[str], grads_a: torch.Tensor, grads_b: Sequence[Mapping[str, float]]
     ) -> None:
         """One SGD step (momentum, weight decay) on a and b for the clients that were also in
         the previous round (only they received the output being judged). ``grads_a`` holds
-        ∂L/∂a (clients in ``ids`` order × experts), computed batched over clients in the
-        expert pass; ∂L/∂b comes from the (small) tower deltas."""
+        ∂L/∂a (clients in ``ids`` order × experts), ``grads_b`` ∂L/∂b per client and layer."""
         cfg = self.config
         for i, c in enumerate(ids):
             if c not in self.last_participants:
                 continue
             grad_a = [float(v) for v in grads_a[i]]
-            grad_b = self._grad_b(c, tower_deltas[c])
+            grad_b = grads_b[i]
             a, ma = self._weights_a(c), self.a_momentum[c]
             for k in range(self.num_experts):
                 step = grad_a[k] + cfg.hyper_weight_decay * a[k]
@@ -536,11 +693,15 @@ class Strategy:
         for c, params in self.last_attention.items():
             for n, t in params.items():
                 tensors[f"attention/{c}/{n}"] = t
+        for c, params in self.last_delta.items():
+            for n, t in params.items():
+                tensors[f"delta/{c}/{n}"] = t
         meta = {
             "config": self.config.to_dict(),
             "round": self.round,
             "clients": sorted(self.personal),
             "attention_clients": sorted(self.last_attention),
+            "delta_clients": sorted(self.last_delta),
             "a": self.a,
             "a_momentum": self.a_momentum,
             "b": self.b,
@@ -570,6 +731,10 @@ class Strategy:
         self.last_attention = {
             c: {n: tensors[f"attention/{c}/{n}"].clone() for n in self.tower_names}
             for c in meta["attention_clients"]
+        }
+        self.last_delta = {
+            c: {n: tensors[f"delta/{c}/{n}"].clone() for n in personal_names}
+            for c in meta.get("delta_clients", [])
         }
         self.round = int(meta["round"])
         self.a = {c: list(v) for c, v in meta["a"].items()}

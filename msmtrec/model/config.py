@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
-Template = Literal["additive3", "two_part", "none"]
+Template = Literal["additive3", "additive2", "two_part", "none"]
 CtcvrHead = Literal["direct", "esmm"]
-TEMPLATES: tuple[str, ...] = ("additive3", "two_part", "none")
+TEMPLATES: tuple[str, ...] = ("additive3", "additive2", "two_part", "none")
 CTCVR_HEADS: tuple[str, ...] = ("direct", "esmm")
 
 
@@ -16,6 +16,8 @@ class ModelConfig:
     """Sizes and switches of the templated MMoE.
 
     ``template``: how every expert Linear is split — ``additive3`` (W_G + W_S + W_T[t]),
+    ``additive2`` (W_G + W_S, one view shared by all tasks: task specificity lives in the
+    gates and towers, and each expert runs once per sample instead of once per task),
     ``two_part`` (W_S + W_T[t]) or ``none`` (one plain weight, shared by all tasks).
     ``ctcvr_head``: ``direct`` (own tower on the conversion label, MTReclib) or ``esmm``
     (p_ctcvr = p_ctr · p_cvr, so CTCVR never exceeds CTR).
@@ -28,6 +30,9 @@ class ModelConfig:
     dropout: float = 0.2
     template: Template = "additive3"
     ctcvr_head: CtcvrHead = "direct"
+    # Input layer split like the experts: the embedding table E_G (+ the numerical
+    # projection) is shared, E_S (zero-initialised) is the scenario's own additive part.
+    embedding_template: bool = False
 
     def __post_init__(self) -> None:
         if self.template not in TEMPLATES:
@@ -44,6 +49,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not d["embedding_template"]:  # older configurations serialise as before
+            del d["embedding_template"]
         d["expert_dims"] = list(self.expert_dims)
         d["tower_dims"] = list(self.tower_dims)
         return d

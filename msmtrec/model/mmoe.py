@@ -41,7 +41,7 @@ class TemplatedExpertLayer(nn.Module):
         # The one randomly initialised part is drawn first and in the same order for every
         # template, so models built with one seed share it (plain MMoE == fresh additive3).
         base_w, base_b = _linear_init(k, out_dim, in_dim)
-        if template == "additive3":
+        if template in ("additive3", "additive2"):
             self.weight_g = nn.Parameter(base_w)
             self.bias_g = nn.Parameter(base_b)
             self.weight_s = nn.Parameter(torch.zeros(k, out_dim, in_dim))
@@ -62,6 +62,11 @@ class TemplatedExpertLayer(nn.Module):
         """Weights (K, V, out, in) and biases (K, V, out) as each task view sees them."""
         if self.template == "none":
             return self.weight_g.unsqueeze(1), self.bias_g.unsqueeze(1)
+        if self.template == "additive2":
+            return (
+                (self.weight_g + self.weight_s).unsqueeze(1),
+                (self.bias_g + self.bias_s).unsqueeze(1),
+            )
         if self.template == "two_part":
             w = self.weight_s.unsqueeze(1) + self.weight_t
             b = self.bias_s.unsqueeze(1) + self.bias_t
@@ -155,7 +160,7 @@ class TemplatedExperts(nn.Module):
     def __init__(self, in_dim: int, config: ModelConfig, num_tasks: int) -> None:
         super().__init__()
         self.num_experts = config.num_experts
-        self.num_views = 1 if config.template == "none" else num_tasks
+        self.num_views = 1 if config.template in ("none", "additive2") else num_tasks
         kv = self.num_experts * self.num_views
         dims = (in_dim, *config.expert_dims)
         self.layers = nn.ModuleList(
@@ -222,6 +227,9 @@ class MultiTaskMMoE(nn.Module):
         self.embedding = nn.Embedding(sum(schema.table_sizes), d)
         nn.init.xavier_uniform_(self.embedding.weight)
         self.numerical = nn.Linear(schema.num_numerical, d)
+        if config.embedding_template:
+            self.embedding_s = nn.Embedding(sum(schema.table_sizes), d)
+            nn.init.zeros_(self.embedding_s.weight)
         in_dim = d * (schema.num_categorical + 1)
         self.experts = TemplatedExperts(in_dim, config, len(self.tower_names))
         self.gates = nn.ModuleDict(
@@ -235,7 +243,10 @@ class MultiTaskMMoE(nn.Module):
         )
 
     def embed(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
-        cat = self.embedding(categorical.long() + self.offsets)  # (B, F, d)
+        ids = categorical.long() + self.offsets
+        cat = self.embedding(ids)  # (B, F, d)
+        if self.config.embedding_template:
+            cat = cat + self.embedding_s(ids)
         num = self.numerical(numerical).unsqueeze(1)  # (B, 1, d)
         return torch.cat((cat, num), dim=1).flatten(1)
 

@@ -18,7 +18,7 @@ over tens of millions of weights per step.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +59,7 @@ class FusedAdam:
     """``torch.optim.Adam`` (L2 weight decay, no amsgrad) as torch's fused CPU kernel,
     ``torch._fused_adam_``, called once per parameter group with that group's weight decay.
 
-    Bit-identical to ``torch.optim.Adam(..., fused=True)`` (tests/test_trainer.py), but built
+    Bit-identical to ``torch.optim.Adam(..., fused=True)`` (tests/unit/test_trainer.py), but built
     without ``torch.optim.Optimizer``: its constructor imports ``torch._dynamo`` on first use,
     which costs seconds in every process that trains. Parameters without a gradient are
     skipped, as torch's optimizers do.
@@ -184,8 +184,42 @@ class Trainer:
         anchor: Mapping[str, torch.Tensor] | None = None,
         mu: float = 0.0,
         shrink: Mapping[str, float] | None = None,
+        trainable: Collection[str] | None = None,
         progress: bool = False,
         desc: str = "train",
+    ) -> FitResult:
+        """``epochs`` over ``data`` (default ``local_epochs``). ``trainable``: names of the
+        only parameters that move (the others are frozen for this call, e.g. FedRep's
+        alternating head and body steps); None: all of them."""
+        named = dict(self.model.named_parameters())
+        if trainable is None:
+            return self._fit(data, named, seed, epochs, anchor, mu, shrink, progress, desc)
+        unknown = sorted(set(trainable) - set(named))
+        if not trainable:
+            raise ValueError("trainable is empty: nothing would be trained")
+        if unknown:
+            raise ValueError(f"trainable names no parameter of the model: {unknown[:5]}")
+        frozen = [p for n, p in named.items() if n not in trainable and p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            params = {n: p for n, p in named.items() if n in trainable}
+            return self._fit(data, params, seed, epochs, anchor, mu, shrink, progress, desc)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def _fit(
+        self,
+        data: ScenarioData,
+        params: dict[str, torch.nn.Parameter],
+        seed: int,
+        epochs: int | None,
+        anchor: Mapping[str, torch.Tensor] | None,
+        mu: float,
+        shrink: Mapping[str, float] | None,
+        progress: bool,
+        desc: str,
     ) -> FitResult:
         cfg = self.config
         epochs = cfg.local_epochs if epochs is None else epochs
@@ -195,9 +229,7 @@ class Trainer:
         model.train()
         torch.manual_seed(seed)  # dropout; the permutation has its own generator below
         gen = torch.Generator().manual_seed(seed)
-        groups, anchored = penalty_groups(
-            dict(model.named_parameters()), cfg.weight_decay, anchor, mu, shrink
-        )
+        groups, anchored = penalty_groups(params, cfg.weight_decay, anchor, mu, shrink)
         optimizer = make_optimizer(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         anchored_params = [p for p, _ in anchored]
         anchored_refs = [ref for _, ref in anchored]

@@ -1,7 +1,9 @@
 """Networked federation, end to end: real aggregator and client processes on 127.0.0.1.
 
 * 3 clients × 2 rounds over gRPC give the same personalized parameters (and the same local
-  parts) as the in-process simulation with the same seed and data.
+  parts) as the in-process simulation with the same seed and data, for pfmsmtrec and for
+  methods with client-side behaviour of their own (Ditto's personal model, FedRep's
+  alternating head/body steps).
 * An aggregator killed between rounds resumes at the next round from its checkpoint, no
   completed round is lost, the clients carry on, and the result is still the simulation's.
 * A client killed during a round: the round closes at its deadline with the others; the
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 from helpers.federation import Federation
 from helpers.processes import get_json, wait_until
@@ -36,10 +39,12 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def simulate(fed: Federation, rounds: int) -> dict[str, dict[str, torch.Tensor]]:
+def simulate(
+    fed: Federation, rounds: int, method: str = "pfmsmtrec"
+) -> dict[str, dict[str, torch.Tensor]]:
     """Full state of every simulated client after the last round (same spec as the
-    aggregator's defaults in helpers.federation)."""
-    spec = FederationSpec(rounds=rounds)
+    aggregator's defaults in helpers.federation), method extras (``ditto.*``) included."""
+    spec = FederationSpec(rounds=rounds, method=method)
     captured: dict[str, dict[str, torch.Tensor]] = {}
 
     def on_round(r: int, clients) -> None:
@@ -51,10 +56,12 @@ def simulate(fed: Federation, rounds: int) -> dict[str, dict[str, torch.Tensor]]
     return captured
 
 
-def aggregator_payloads(fed: Federation, rounds: int) -> dict[str, dict[str, torch.Tensor]]:
+def aggregator_payloads(
+    fed: Federation, rounds: int, method: str = "pfmsmtrec"
+) -> dict[str, dict[str, torch.Tensor]]:
     ckpt = CheckpointStore(fed.state_dir / "checkpoints").load_latest()
     assert ckpt is not None and ckpt.round == rounds
-    spec = FederationSpec(rounds=rounds)
+    spec = FederationSpec(rounds=rounds, method=method)
     strategy = Strategy(spec.federation(), spec.initial_state())
     strategy.load_state_dict(ckpt.tensors, ckpt.state["strategy"])
     return {s: strategy.payload(s) for s in fed.scenarios}
@@ -71,9 +78,9 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return worst
 
 
-def assert_matches_simulation(fed: Federation, rounds: int) -> None:
-    sim = simulate(fed, rounds)
-    payloads = aggregator_payloads(fed, rounds)
+def assert_matches_simulation(fed: Federation, rounds: int, method: str = "pfmsmtrec") -> None:
+    sim = simulate(fed, rounds, method)
+    payloads = aggregator_payloads(fed, rounds, method)
     for s in fed.scenarios:
         # what the server would send each client next: its personalized shared tensors
         assert max_abs_diff(payloads[s], sim[s]) <= 1e-6, s
@@ -83,9 +90,12 @@ def assert_matches_simulation(fed: Federation, rounds: int) -> None:
         assert max_abs_diff(local, sim[s]) <= 1e-6, s
 
 
-def test_network_equals_simulation_and_status_api_reports_rounds(tmp_path, processes):
+@pytest.mark.parametrize("method", ["pfmsmtrec", "ditto", "fedrep"])
+def test_network_equals_simulation_and_status_api_reports_rounds(tmp_path, processes, method):
     fed = Federation.create(tmp_path)
-    agg = processes.launch("aggregator", fed.aggregator_args(rounds=2, exit_when_done=False))
+    agg = processes.launch(
+        "aggregator", fed.aggregator_args(rounds=2, exit_when_done=False, method=method)
+    )
     clients = [processes.launch(s, fed.client_args(s)) for s in fed.scenarios]
     for c in clients:
         assert c.wait(START) == 0, c.tail()
@@ -123,7 +133,7 @@ def test_network_equals_simulation_and_status_api_reports_rounds(tmp_path, proce
     agg.stop()
     assert agg.proc.returncode == 0, agg.tail()
 
-    assert_matches_simulation(fed, rounds=2)
+    assert_matches_simulation(fed, rounds=2, method=method)
 
 
 def get_json_text(url: str) -> str:

@@ -96,7 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows", type=int, default=20_000, help="synthetic train rows per scenario")
     p.add_argument("--test-rows", type=int, default=None, help="synthetic test rows (rows / 4)")
     p.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
-    p.add_argument("--method", default="pfmsmtrec", help="federation method (default pfmsmtrec)")
+    p.add_argument(
+        "--method",
+        default="pfmsmtrec",
+        type=networked_method,
+        help="federation method (default pfmsmtrec)",
+    )
     p.add_argument("--preset", default="small", help="model preset (default small)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=None, help="client learning rate")
@@ -135,6 +140,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (1)")
     p.add_argument("--verbose", action="store_true", help="stream every log line of every process")
     p.set_defaults(func=run)
+
+
+def networked_method(name: str) -> str:
+    """A method the aggregator can run (central references are refused, saying why)."""
+    from msmtrec.federation.methods import check_networked
+
+    try:
+        check_networked(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
 
 
 # ------------------------------------------------------------------------------- up run
