@@ -68,9 +68,10 @@ def test_msmtrec_bench_lists_and_runs_by_name(tmp_path):
     assert proc.returncode == 2 and "unknown benchmark" in proc.stdout
 
 
-def test_quality_report_is_rendered_from_its_json_with_plot_and_reading(tmp_path):
-    """--report-only rebuilds quality.md (and the paired plot) from the committed JSON; the
-    paired differences are recomputed here from the raw per-scenario AUCs."""
+def test_quality_report_is_rendered_from_its_json_with_plots_and_reading(tmp_path):
+    """--report-only rebuilds quality.md and its plots from the committed JSON; a paired
+    difference, its seeds-ahead count and a headroom share are recomputed here from the raw
+    per-scenario AUCs of the selected rounds and the oracle."""
     import json
     import statistics
 
@@ -80,24 +81,53 @@ def test_quality_report_is_rendered_from_its_json_with_plot_and_reading(tmp_path
     proc = _run([str(REPO / "benchmarks" / "quality.py"), "--report-only", "--out", str(out)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
-    png = tmp_path / "quality.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    assert "![pfmsmtrec minus each method, by shift and task](quality.png)" in text
+    for name in ("quality_paired.png", "quality_learn_from.png", "quality_weights.png"):
+        png = tmp_path / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"]({name})" in text
     assert "## Reading" in text and saved["meta"]["reading"].strip()[:60] in text
+    meta = saved["meta"]
+    family = meta["families"][0]
 
     def macro(r, task):
-        return statistics.mean(s[task]["auc"] for s in r["test"].values())
+        return statistics.mean(s["test"][task]["auc"] for s in r["selected"].values())
 
-    runs = {(r["method"], r["shift"], r["seed"]): r for r in saved["results"]}
+    runs = {(r["job"]["method"], r["job"]["seed"]): r for r in saved["results"]
+            if r["job"]["family"] == family}  # fmt: skip
     diffs = [
-        macro(runs["pfmsmtrec", "high", seed], "ctr") - macro(runs["fedavg", "high", seed], "ctr")
-        for seed in saved["meta"]["seeds"]
+        macro(runs["pfmsmtrec", seed], "ctr") - macro(runs["fedavg", seed], "ctr")
+        for seed in meta["seeds"]
     ]
-    row = next(line for line in text.splitlines() if line.startswith("| fedavg | +") or
-               line.startswith("| fedavg | -"))  # fmt: skip
+    lines = text.split("## Paired differences")[1].splitlines()
+    row = next(line for line in lines if line.startswith("| fedavg | "))
+    cell = row.split(" | ")[1]
     wins = sum(d > 0 for d in diffs)
-    expected = f"{statistics.mean(diffs):+.4f} ± {statistics.stdev(diffs):.4f} ({wins}/3)"
-    assert row.split(" | ")[3] == expected, row
+    assert cell.startswith(f"{statistics.mean(diffs):+.4f} [")
+    assert cell.endswith(f"] {wins}/{len(diffs)}")
+    # Headroom share of pfmsmtrec, CTR, first family: (AUC − local) / (oracle − local).
+    shares = []
+    for seed in meta["seeds"]:
+        local, mine = macro(runs["local", seed], "ctr"), macro(runs["pfmsmtrec", seed], "ctr")
+        oracle = meta["oracle"][family][str(seed)]["ctr"]
+        shares.append((mine - local) / (oracle - local))
+    head = text.split("## Share of the local")[1].splitlines()
+    row = next(line for line in head if line.startswith("| pfmsmtrec | "))
+    assert row.split(" | ")[1].startswith(f"{statistics.mean(shares):.4f}")
+
+
+def test_quality_benchmark_quick_run(tmp_path):
+    """--quick trains every part of the pipeline on tiny data: tuning skipped, two families
+    (one held out), the report with the oracle row and the paired table."""
+    out = tmp_path / "q" / "quality.md"
+    proc = _run(
+        [str(REPO / "benchmarks" / "quality.py"), "--quick", "--jobs", "1", "--out", str(out),
+         "--data-cache", str(tmp_path / "data")]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    assert "**Bayes oracle**" in text and "fieldpair" in text
+    assert "## Paired differences: pfmsmtrec minus each method" in text
+    assert (out.parent / "quality.json").exists()
 
 
 def _training_benchmark():
