@@ -93,6 +93,23 @@ def _independent(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+def _writer_pid(name: str) -> int | None:
+    """The pid in a temp file's name (``.checkpoint-….tmp-<pid>``), or None."""
+    tail = name.rsplit(".tmp-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (signal 0 probes without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class CheckpointStore:
     """``<dir>/checkpoint-<round>.safetensors``, newest ``keep`` retained."""
 
@@ -172,11 +189,18 @@ class CheckpointStore:
 
     def remove_stale_temps(self) -> None:
         """Delete temp files of saves that a crash interrupted (each as large as a whole
-        checkpoint). Only called when no save is running: at start-up and on reload."""
+        checkpoint). Only called when no save of this process is running: at start-up and
+        on reload. A temp file whose writer (the pid in its name) is another live process
+        is left alone: the state-directory lock (``aggregator/statelock.py``) keeps a second
+        aggregator out, and this is the second line of that defence."""
         if not self.dir.is_dir():
             return
         for p in self.dir.iterdir():
             if p.name.startswith(".checkpoint-") and ".tmp-" in p.name:
+                writer = _writer_pid(p.name)
+                if writer is not None and writer != os.getpid() and _alive(writer):
+                    log.warning("leaving %s: its writer, pid %d, is running", p.name, writer)
+                    continue
                 log.info("removing %s, left by an interrupted checkpoint write", p.name)
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()

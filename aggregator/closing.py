@@ -4,13 +4,15 @@ The only code that changes the aggregator's Strategy. :meth:`RoundCloser.close` 
 returns the new round's record after its checkpoint is on disk, or returns None after a
 failed aggregation, with the Strategy reloaded from the last checkpoint (so nothing
 changed and the round can be reopened). A checkpoint that cannot be written after
-:data:`CHECKPOINT_ATTEMPTS` tries is a :class:`CheckpointFailure`: the process stops with
+:attr:`RoundCloser.attempts` tries (``--checkpoint-attempts``, default
+:data:`CHECKPOINT_ATTEMPTS`) is a :class:`CheckpointFailure`: the process stops with
 exit code 3 and a restart resumes from the last durable round (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 
@@ -39,6 +41,12 @@ class CheckpointFailure(CloseFailure):
     """The state of a completed round could not be made durable."""
 
 
+def _storage_error(exc: BaseException) -> bool:
+    """An error of the disk itself: an OSError, or safetensors' own error wrapping one
+    (``SafetensorError: ... IoError(Os { code: 28, kind: StorageFull ...``)."""
+    return isinstance(exc, OSError) or "IoError(Os" in str(exc)
+
+
 class RoundCloser:
     """The Strategy, and what turns a closed round's submissions into its next state."""
 
@@ -48,6 +56,11 @@ class RoundCloser:
         self.store = store
         self.strategy = Strategy(spec.federation(), spec.initial_state())
         self.retry_seconds = 1.0
+        self.attempts = CHECKPOINT_ATTEMPTS
+        # Why the last checkpoint write failed while it is still being retried (None once a
+        # write succeeds): shown as storage_problem by /v1/status.
+        self.problem: str | None = None
+        self.cancelled = threading.Event()  # set on shutdown: stop retrying at once
 
     def state_digest(self) -> str:
         tensors, meta = self.strategy.state_dict()
@@ -92,19 +105,29 @@ class RoundCloser:
         """Retry any failure (an OSError, or safetensors' own error on a full disk), then
         give up with :class:`CheckpointFailure`: a round is never reported done unless it
         is durable."""
-        for attempt in range(1, CHECKPOINT_ATTEMPTS + 1):
+        round_number = self.strategy.round
+        for attempt in range(1, self.attempts + 1):
             try:
-                self.store.save(self.strategy.round, tensors, state, digest_of_tensors)
-                return
-            except Exception:
-                log.exception(
-                    "writing the checkpoint failed (attempt %d of %d)",
-                    attempt, CHECKPOINT_ATTEMPTS,
-                )  # fmt: skip
-                if attempt < CHECKPOINT_ATTEMPTS:
-                    time.sleep(self.retry_seconds)
+                self.store.save(round_number, tensors, state, digest_of_tensors)
+            except Exception as exc:
+                self.problem = (
+                    f"the checkpoint of round {round_number} could not be written (attempt "
+                    f"{attempt} of {self.attempts}): {type(exc).__name__}: {exc}"
+                )
+                # One line per attempt; a traceback only for the first failure that is not
+                # the disk refusing (a full disk is an operator's problem, not a bug).
+                trace = attempt == 1 and not _storage_error(exc)
+                log.error("%s", self.problem, exc_info=exc if trace else None)
+                if attempt < self.attempts and self.cancelled.wait(self.retry_seconds):
+                    break  # stopping: the round is not durable, a restart re-runs it
+                continue
+            if self.problem is not None:
+                log.info("the checkpoint of round %d is written after all", round_number)
+            self.problem = None
+            return
         raise CheckpointFailure(
-            f"could not write the checkpoint of round {self.strategy.round} to {self.store.dir}"
+            f"could not write the checkpoint of round {round_number} to {self.store.dir} "
+            f"after {self.attempts} attempts; the previous checkpoint is intact"
         )
 
     def reload(self) -> None:

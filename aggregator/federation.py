@@ -38,13 +38,14 @@ from typing import Any
 from aggregator.checkpoint import Checkpoint, CheckpointStore
 from aggregator.closing import CloseFailure, RoundCloser
 from aggregator.errors import Reason, Refusal
-from aggregator.history import History
+from aggregator.history import DEFAULT_RETENTION, History
 from aggregator.hooks import Hooks, NoHooks
 from aggregator.intake import (
     Submission,
     UploadTicket,
     check_header,
     clean_evaluation,
+    clean_note,
     decode_payload,
     finite_metrics,
 )
@@ -122,6 +123,7 @@ class Federation:
         chunk_bytes: int = 1 << 20,
         max_payload_bytes: int = 512 << 20,
         history_path: Path | None = None,
+        history_rounds: int = DEFAULT_RETENTION,
         clock: Callable[[], float] = time.time,
         hooks: Hooks | None = None,
     ) -> None:
@@ -145,7 +147,8 @@ class Federation:
         self.closer = RoundCloser(spec, store)
         self.signature = signature_of(self.strategy.initial, self.strategy.names)
         self.expected = {s.name: s for s in self.signature}
-        self.history = History(history_path)
+        self.history = History(history_path, history_rounds)
+        self._stopping = False
         self.resumed_from: int | None = None
         checkpoint = store.load_latest()
         if checkpoint is not None:
@@ -207,6 +210,23 @@ class Federation:
     def status(self, scenario: str | None = None) -> Status:
         with self._cond:
             return self._status(scenario)
+
+    def storage_problem(self) -> str | None:
+        """Why the state directory is refusing writes right now (a checkpoint being
+        retried, history.json not written), or None. Read without the lock: the closer
+        sets it while it retries outside the lock."""
+        return self.closer.problem or self.history.write_error
+
+    def shutdown(self) -> None:
+        """The process is stopping: long polls return now and a checkpoint retry gives up,
+        so that every handler thread ends within the shutdown grace period."""
+        self.closer.cancelled.set()
+        self._stopping = True  # read by waiting long polls when they wake
+        if self._cond.acquire(timeout=1.0):  # never blocks a stop on a held lock
+            try:
+                self._cond.notify_all()
+            finally:
+                self._cond.release()
 
     @property
     def lock(self) -> threading.RLock:
@@ -302,6 +322,8 @@ class Federation:
 
                 def moved() -> bool:
                     m = self.machine
+                    if self._stopping:
+                        return True
                     if m.phase is Phase.FINISHED or scenario not in m.clients:
                         return True
                     return m.phase is Phase.OPEN and (
@@ -436,9 +458,11 @@ class Federation:
         round_number: int,
         splits: Mapping[str, Mapping[str, Mapping[str, Any]]],
         timings: Mapping[str, float],
+        publish_error: str = "",
     ) -> None:
         clean_timings = finite_metrics(timings, "timings")
         clean = clean_evaluation(splits)
+        problem = clean_note(publish_error)
         with self._cond:
             # No join needed: the token already proves the scenario, and a client whose
             # aggregator restarted should not lose the evaluation it just made.
@@ -459,6 +483,7 @@ class Federation:
                 rec.final_reported = True
             if clean_timings:
                 client.client_timings = {**(client.client_timings or {}), **clean_timings}
+            client.publish_error = problem
             self.history.write()
         valid = clean.get("valid", {})
         log.info(
@@ -466,6 +491,9 @@ class Federation:
             round_number, scenario,
             " ".join(f"{t} {fmt_auc(m.auc)}" for t, m in valid.items()) or "n/a",
         )  # fmt: skip
+        if problem:
+            log.warning("round %d: %s could not publish its model: %s", round_number,
+                        scenario, problem)  # fmt: skip
 
     # --------------------------------------------------------------------- controller
     def wait_for_change(self, timeout: float) -> None:

@@ -134,3 +134,13 @@ def clean_evaluation(
                 **values, n=int(m.get("n", 0)), positives=int(m.get("positives", 0))
             )
     return clean
+
+
+MAX_NOTE_CHARS = 300
+
+
+def clean_note(text: str) -> str | None:
+    """A client's free-text note (e.g. why its publish failed) as stored in a round record:
+    printable characters only, at most :data:`MAX_NOTE_CHARS`, None when empty."""
+    printable = "".join(c if c.isprintable() else " " for c in text).strip()
+    return printable[:MAX_NOTE_CHARS] or None

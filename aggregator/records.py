@@ -47,6 +47,9 @@ class RoundClient(BaseModel):
         None, description="split → task → evaluation of the personalized model this round made"
     )
     client_timings: dict[str, float] | None = None
+    publish_error: str | None = Field(
+        None, description="why the client's registry publish failed (e.g. a full disk)"
+    )
 
 
 class RoundTiming(BaseModel):

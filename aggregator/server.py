@@ -12,8 +12,11 @@ state it could lose.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from aggregator.federation import Federation
 from aggregator.metrics import FederationMetrics
 from aggregator.service import CallLimits, FederationServicer
 from aggregator.settings import AggregatorSettings
+from aggregator.statelock import StateDirLock
 from aggregator.status_api import StatusServer, create_app
 from msmtrec.identity import check_scenario_name
 from msmtrec_proto import wire
@@ -97,10 +101,11 @@ def build_federation(
         )
     scenarios = resolve_scenarios(settings, tokens)
     state_dir = Path(settings.state_dir)
+    store = CheckpointStore(state_dir / "checkpoints", settings.keep_checkpoints)
     federation = Federation(
         settings.spec(),
         scenarios,
-        CheckpointStore(state_dir / "checkpoints", settings.keep_checkpoints),
+        store,
         min_clients=settings.min_clients,
         start_wait=settings.start_wait_seconds,
         deadline=settings.round_deadline_seconds,
@@ -110,8 +115,11 @@ def build_federation(
         chunk_bytes=settings.chunk_bytes,
         max_payload_bytes=settings.max_payload_bytes,
         history_path=state_dir / "history.json",
+        history_rounds=settings.history_rounds,
         hooks=metrics,
     )
+    federation.closer.attempts = settings.checkpoint_attempts
+    federation.closer.retry_seconds = settings.checkpoint_retry_seconds
     return federation, tokens
 
 
@@ -125,7 +133,14 @@ class Aggregator:
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.metrics = FederationMetrics()
-        self.federation, self.tokens = build_federation(settings, self.metrics)
+        # Before anything in the state directory is read or cleaned up: a second aggregator
+        # on the same directory refuses here (StateDirBusy), touching nothing.
+        self.state_lock = StateDirLock(Path(settings.state_dir)).acquire()
+        try:
+            self.federation, self.tokens = build_federation(settings, self.metrics)
+        except BaseException:
+            self.state_lock.release()
+            raise
         self.metrics.bind(self.federation)
         self.credentials = server_credentials(settings)
         self.stop_event = threading.Event()
@@ -205,6 +220,9 @@ class Aggregator:
                 fed.tick()
                 errors = 0
             except CloseFailure as exc:
+                if self.stop_event.is_set():  # stopped while a checkpoint was retried
+                    log.warning("%s; stopped before it was durable (a restart re-runs it)", exc)
+                    return
                 log.critical(
                     "%s; stopping so that a restart resumes from the last checkpoint", exc,
                     exc_info=exc,
@@ -232,16 +250,24 @@ class Aggregator:
         self.stop_event.set()
 
     def stop(self, grace: float | None = None) -> int:
+        """Stop within about ``grace`` seconds: long polls are released at once, in-flight
+        calls get the grace period, and nothing here waits longer than that for a thread
+        that does not end (``serve`` adds a hard bound on top)."""
         self.stop_event.set()
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
+        self.federation.shutdown()
         if self.health is not None:
             self.health.enter_graceful_shutdown()
         if self.grpc_server is not None:
-            self.grpc_server.stop(grace).wait()
+            # stop() cancels what is still running after the grace; the handlers' threads
+            # may take a moment more to notice, which is not waited for beyond 1 s.
+            self.grpc_server.stop(grace).wait(grace + 1.0)
         if self.status is not None:
             self.status.stop()
         if self.controller is not None:
-            self.controller.join(timeout=5)
+            self.controller.join(timeout=max(0.5, deadline - time.monotonic()))
+        self.state_lock.release()
         return self.exit_code
 
 
@@ -250,7 +276,7 @@ def serve(settings: AggregatorSettings) -> int:
     configure_logging(settings.log_level)
     try:
         agg = Aggregator(settings).start()
-    except (ConfigError, ValueError, OSError) as exc:
+    except (ConfigError, ValueError, OSError) as exc:  # StateDirBusy is a ValueError
         log.error("cannot start the aggregator: %s", exc)
         return EXIT_CONFIG
     fed = agg.federation
@@ -278,6 +304,36 @@ def serve(settings: AggregatorSettings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     while not agg.stop_event.wait(0.5):
         pass
-    code = agg.stop()
-    log.info("aggregator stopped")
-    return code
+    return _stop_within(agg, settings.shutdown_grace_seconds + STOP_SLACK_SECONDS)
+
+
+STOP_SLACK_SECONDS = 3.0  # beyond the grace: status server, controller, logging
+
+
+def _stop_within(agg: Aggregator, bound: float) -> int:
+    """Stop ``agg`` and return its exit code; if that has not finished within ``bound``
+    seconds (a handler or the controller stuck where no signal reaches it), leave at once
+    with ``os._exit``: the process must end, and everything durable already is (a
+    checkpoint is complete before its round counts)."""
+    result: list[int] = []
+    stopper = threading.Thread(target=lambda: result.append(agg.stop()), daemon=True)
+    stopper.start()
+    stopper.join(bound)
+    if result:
+        log.info("aggregator stopped")
+        # The interpreter's exit joins gRPC's worker threads; one stuck in a handler would
+        # hold the process past the grace period, so a daemon watchdog ends it regardless.
+        watchdog = threading.Timer(STOP_SLACK_SECONDS, _exit_now, (result[0],))
+        watchdog.daemon = True
+        watchdog.start()
+        return result[0]
+    log.error("the aggregator did not stop within %.0f s; exiting now", bound)
+    _exit_now(agg.exit_code or EXIT_CHECKPOINT)
+    return agg.exit_code  # not reached
+
+
+def _exit_now(code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -252,6 +252,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             int(request.round),
             wire.split_metrics_from_proto(request.splits),
             dict(request.timings),
+            publish_error=request.publish_error,
         )
         return pb.ReportMetricsResponse(recorded=True)
 

@@ -113,6 +113,21 @@ class AggregatorSettings(ServiceSettings):
         Path("runs/aggregator"), description="checkpoints and round history (resumed on start)"
     )
     keep_checkpoints: int = Field(3, description="checkpoints kept (older ones are pruned)")
+    history_rounds: int = Field(
+        1000,
+        ge=1,
+        description="round records kept in history.json and /v1/rounds (older ones are "
+        "dropped): bounds the state directory; a checkpoint carries only the last few",
+    )
+    checkpoint_attempts: int = Field(
+        3,
+        ge=1,
+        description="tries to write a round's checkpoint (e.g. on a full disk) before the "
+        "process exits 3; meanwhile /v1/status says why (storage_problem)",
+    )
+    checkpoint_retry_seconds: float = Field(
+        1.0, ge=0, description="pause between two tries of a checkpoint write"
+    )
 
     # --------------------------------------------------------------------- security
     tokens_file: Path | None = Field(None, description="YAML/JSON mapping scenario → bearer token")

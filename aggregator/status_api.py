@@ -48,7 +48,11 @@ def create_app(
     def readyz() -> JSONResponse:
         ok = ready() and federation.ready
         return JSONResponse(
-            {"status": "ready" if ok else "starting", "phase": federation.status().phase.value},
+            {
+                "status": "ready" if ok else "starting",
+                "phase": federation.status().phase.value,
+                "storage_problem": federation.storage_problem(),
+            },
             status_code=200 if ok else 503,
         )
 

@@ -43,6 +43,11 @@ class StatusView(BaseModel):
         "submissions; unchanged by any refused call"
     )
     strategy_checksum: str
+    storage_problem: str | None = Field(
+        None,
+        description="why the state directory refuses writes now (a checkpoint being retried, "
+        "history.json not written, e.g. a full disk); null when all is well",
+    )
 
 
 class ClientView(BaseModel):
@@ -92,6 +97,7 @@ def status_view(fed: Federation) -> StatusView:
             payload_bytes=sum(s.nbytes for s in fed.signature),
             state_checksum=fed.state_checksum(),
             strategy_checksum=fed.strategy_checksum,
+            storage_problem=fed.storage_problem(),
         )
 
 

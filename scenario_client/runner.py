@@ -100,6 +100,7 @@ class ClientReport:
     rounds_submitted: list[int] = field(default_factory=list)
     final_round: int = 0
     final_metrics: dict[str, Any] = field(default_factory=dict)
+    publish_failures: list[int] = field(default_factory=list)  # rounds whose publish failed
 
 
 def _fmt(v: float | None) -> str:
@@ -311,6 +312,10 @@ class ScenarioClient:
         start = time.perf_counter()
         evals = {"valid": self.runtime.evaluate("valid"), "test": self.runtime.evaluate("test")}
         timings = {**timings, "eval_seconds": time.perf_counter() - start}
+        # Published before reporting, so that the round's record says if publishing failed.
+        publish_error = ""
+        if self.settings.registry is not None:
+            publish_error = self._publish(completed, evals)
         try:
             self.conn.call(
                 "ReportMetrics",
@@ -320,6 +325,7 @@ class ScenarioClient:
                         round=completed,
                         splits=wire.split_metrics_to_proto(evals),
                         timings=timings,
+                        publish_error=publish_error,
                     ),
                     timeout=self.conn.rpc_timeout,
                     metadata=self.md,
@@ -332,8 +338,6 @@ class ScenarioClient:
         # No save here: evaluation changes no tensor, and the next local round saves anyway
         # (a restarted client merely evaluates that round again). _finish saves.
         self.meta.evaluated_round = completed
-        if self.settings.registry is not None:
-            self._publish(completed, evals)
         self.report.final_metrics = evals
         log.info(
             "%s: personalized model after round %d: valid AUC %s | test AUC %s",
@@ -342,22 +346,37 @@ class ScenarioClient:
             " ".join(f"{t} {_fmt(m['auc'])}" for t, m in evals["test"].items()),
         )  # fmt: skip
 
-    def _publish(self, completed: int, evals: dict[str, Any]) -> None:
+    def _publish(self, completed: int, evals: dict[str, Any]) -> str:
+        """Publish the personalized model; returns "" or why it failed. A registry that
+        refuses writes (a full disk, a read-only mount) costs this round's version only:
+        the registry keeps serving the previous one (``LATEST`` moves only to a complete
+        version), training goes on, and the next round's publish tries again."""
         try:
             from msmtrec.registry import ModelRegistry
         except ModuleNotFoundError as exc:
             raise ClientError(
                 "--registry needs msmtrec.registry, which this installation lacks"
             ) from exc
-        version = ModelRegistry(self.settings.registry).publish(
-            self.scenario,
-            self.runtime,
-            round=completed,
-            metrics=evals,
-            extra={"preset": self.spec.preset, "method": self.spec.method},
-            policy=self.settings.publish_policy,
-        )
+        try:
+            version = ModelRegistry(self.settings.registry).publish(
+                self.scenario,
+                self.runtime,
+                round=completed,
+                metrics=evals,
+                extra={"preset": self.spec.preset, "method": self.spec.method},
+                policy=self.settings.publish_policy,
+            )
+        except OSError as exc:
+            self.report.publish_failures.append(completed)
+            problem = f"{type(exc).__name__}: {exc.strerror or exc}"
+            log.error(
+                "%s: could not publish the model of round %d to %s (%s); the registry keeps "
+                "serving its previous version, training goes on and the next round tries "
+                "again", self.scenario, completed, self.settings.registry, problem,
+            )  # fmt: skip
+            return problem
         log.info("%s: published %s to %s", self.scenario, version, self.settings.registry)
+        return ""
 
     def _play_round(self, round_number: int) -> None:
         total = self.spec.rounds

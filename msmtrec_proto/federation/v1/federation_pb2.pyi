@@ -271,7 +271,7 @@ class SplitMetrics(_message.Message):
     def __init__(self, split: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskMetrics, _Mapping]]] = ...) -> None: ...
 
 class ReportMetricsRequest(_message.Message):
-    __slots__ = ("scenario", "round", "splits", "timings")
+    __slots__ = ("scenario", "round", "splits", "timings", "publish_error")
     class TimingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -283,11 +283,13 @@ class ReportMetricsRequest(_message.Message):
     ROUND_FIELD_NUMBER: _ClassVar[int]
     SPLITS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_ERROR_FIELD_NUMBER: _ClassVar[int]
     scenario: str
     round: int
     splits: _containers.RepeatedCompositeFieldContainer[SplitMetrics]
     timings: _containers.ScalarMap[str, float]
-    def __init__(self, scenario: _Optional[str] = ..., round: _Optional[int] = ..., splits: _Optional[_Iterable[_Union[SplitMetrics, _Mapping]]] = ..., timings: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    publish_error: str
+    def __init__(self, scenario: _Optional[str] = ..., round: _Optional[int] = ..., splits: _Optional[_Iterable[_Union[SplitMetrics, _Mapping]]] = ..., timings: _Optional[_Mapping[str, float]] = ..., publish_error: _Optional[str] = ...) -> None: ...
 
 class ReportMetricsResponse(_message.Message):
     __slots__ = ("recorded",)
