@@ -43,8 +43,10 @@ class CheckpointFailure(CloseFailure):
 
 def _storage_error(exc: BaseException) -> bool:
     """An error of the disk itself: an OSError, or safetensors' own error wrapping one
-    (``SafetensorError: ... IoError(Os { code: 28, kind: StorageFull ...``)."""
-    return isinstance(exc, OSError) or "IoError(Os" in str(exc)
+    (``SafetensorError: Error while serializing: I/O error: No space left on device (os
+    error 28)``; older versions say ``IoError(Os { code: 28, ...``)."""
+    text = str(exc)
+    return isinstance(exc, OSError) or "(os error " in text or "IoError(Os" in text
 
 
 class RoundCloser:

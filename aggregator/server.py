@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from aggregator.checkpoint import CheckpointStore
-from aggregator.closing import CloseFailure
+from aggregator.closing import CheckpointFailure, CloseFailure
 from aggregator.federation import Federation
 from aggregator.metrics import FederationMetrics
 from aggregator.service import CallLimits, FederationServicer
@@ -223,9 +223,11 @@ class Aggregator:
                 if self.stop_event.is_set():  # stopped while a checkpoint was retried
                     log.warning("%s; stopped before it was durable (a restart re-runs it)", exc)
                     return
+                # A checkpoint that cannot be written was logged at each attempt (with the
+                # disk's own error); any other close failure is a bug: its traceback.
                 log.critical(
                     "%s; stopping so that a restart resumes from the last checkpoint", exc,
-                    exc_info=exc,
+                    exc_info=None if isinstance(exc, CheckpointFailure) else exc,
                 )  # fmt: skip
                 self._fail()
                 return

@@ -2,7 +2,8 @@
 
 * Every call has a deadline (``rpc_timeout`` for unary calls, ``transfer_timeout`` for
   parameter streams).
-* UNAVAILABLE, DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED ``too-many-calls`` (this scenario
+* UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED without a reason (a server that stopped while
+  the call was in flight) and RESOURCE_EXHAUSTED ``too-many-calls`` (this scenario
   has too many calls in flight, e.g. old ones the server has not seen end yet) are retried
   with exponential backoff and jitter, for as long as the aggregator has been unreachable
   for less than ``reconnect_timeout``; every call of the protocol is safe to repeat
@@ -153,7 +154,10 @@ class Connection:
                 details = error.details() if callable(getattr(error, "details", None)) else ""
                 details = details or str(error)
                 busy = code is grpc.StatusCode.RESOURCE_EXHAUSTED and _reason(error) == BUSY
-                if (code not in RETRYABLE and not busy) or not retry:
+                # CANCELLED without a reason: the server cancelled the call as it stopped
+                # (a refusal always carries a reason, and this client cancels nothing).
+                gone = code is grpc.StatusCode.CANCELLED and _reason(error) is None
+                if (code not in RETRYABLE and not busy and not gone) or not retry:
                     if code is None:
                         raise ClientError(f"{rpc} failed: {details}") from error
                     raise Refused(rpc, code, _reason(error), details) from error
