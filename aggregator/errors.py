@@ -8,19 +8,20 @@ branch on the reason, not on message text. A reason outside the contract cannot 
 
 from __future__ import annotations
 
-from msmtrec_proto.refusals import REASON_KEY, STATUS, Reason
+from msmtrec_proto.refusals import REASON_KEY, RETRY_AFTER_KEY, STATUS, Reason
 
-__all__ = ["REASON_KEY", "Reason", "Refusal"]
+__all__ = ["REASON_KEY", "RETRY_AFTER_KEY", "Reason", "Refusal"]
 
 
 class Refusal(Exception):
     """A call the aggregator refuses: ``reason`` (contract enum), ``code`` (its gRPC status
     code name, e.g. ``FAILED_PRECONDITION``) and a message for the operator."""
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, retry_after: float | None = None) -> None:
         if not isinstance(reason, Reason):
             raise TypeError(f"a refusal reason must be a Reason of the contract, not {reason!r}")
         super().__init__(message)
         self.reason = reason
         self.code = STATUS[reason]
         self.message = message
+        self.retry_after = retry_after  # seconds; sent as trailing metadata retry-after-ms

@@ -67,6 +67,7 @@ from msmtrec.codec import (
 )
 from msmtrec.faults import fault_point
 from msmtrec.federation.methods import check_networked
+from msmtrec.federation.sampling import round_participants
 from msmtrec.federation.strategy import Strategy
 from msmtrec.spec import FederationSpec
 
@@ -87,6 +88,7 @@ class Status:
     message: str
     you_are_joined: bool = False
     you_submitted: bool = False
+    participants: list[str] | None = None  # the open round's sample (None: every client)
 
 
 @dataclass
@@ -162,6 +164,7 @@ class Federation:
             deadline=deadline,
             heartbeat_interval=heartbeat_interval,
             heartbeat_patience=heartbeat_patience,
+            participants=self._sampler(),
         )
         self.machine = RoundMachine(rules, self.strategy.round, clock())
         self._pending: dict[str, Submission] = {}
@@ -185,6 +188,15 @@ class Federation:
         self.resumed_from = self.strategy.round
         log.info("resumed from %s: %d completed rounds", ckpt.path.name, self.strategy.round)
 
+    def _sampler(self) -> Callable[[int], tuple[str, ...]] | None:
+        """Partial participation: the clients of each round, exactly as the simulation
+        samples them (same scenarios, seed and configuration); None samples nobody out."""
+        cfg = self.spec.federation()
+        if cfg.clients_per_round is None and cfg.client_fraction is None:
+            return None
+        scenarios, seed = self.scenarios, self.spec.seed
+        return lambda r: round_participants(scenarios, r, seed, cfg)
+
     def _digest_strategy(self) -> str:
         return self.closer.state_digest()
 
@@ -205,6 +217,7 @@ class Federation:
             message=m.message(now),
             you_are_joined=scenario in m.clients if scenario else False,
             you_submitted=scenario in m.submitted if scenario else False,
+            participants=list(m.sampled) if m.sampled is not None else None,
         )
 
     def status(self, scenario: str | None = None) -> Status:
@@ -327,7 +340,8 @@ class Federation:
                     if m.phase is Phase.FINISHED or scenario not in m.clients:
                         return True
                     return m.phase is Phase.OPEN and (
-                        scenario not in m.submitted or m.round > after_round
+                        (scenario not in m.submitted and m.eligible(scenario))
+                        or m.round > after_round
                     )
 
                 while not moved():
@@ -416,6 +430,12 @@ class Federation:
                 Reason.WRONG_ROUND,
                 f"round {round_number} is not open for submissions; the current round is "
                 f"{m.round} ({state})",
+            )
+        if not m.eligible(scenario):
+            raise Refusal(
+                Reason.NOT_SAMPLED,
+                f"round {round_number} sampled {', '.join(m.sampled or ())}, not {scenario}; "
+                "download and evaluate, then wait for the next round",
             )
 
     def complete_submission(self, ticket: UploadTicket, buffer: Any, nbytes: int) -> SubmitResult:
@@ -553,9 +573,10 @@ class Federation:
             closed_at=now,
             closed_by=m.closing_reason,
             extensions=m.extensions,
-            not_submitted=[s for s in m.joined() if s not in participants],
+            not_submitted=[s for s in m.joined() if s not in participants and m.eligible(s)],
             downloads=copy.deepcopy(self._downloads),
             resumed_after_restart=self._round_resumed,
+            sampled=m.sampled,
         )
 
     def _close(self, closing: ClosingRound) -> None:

@@ -93,6 +93,9 @@ class RoundRecord(BaseModel):
     timing: RoundTiming
     state_checksum: str = Field(description="digest of the Strategy's state after this round")
     clients: dict[str, RoundClient]
+    sampled: list[str] | None = Field(
+        None, description="partial participation: the clients this round sampled (null: all)"
+    )
 
     def to_json_dict(self) -> dict:
         """The JSON form stored in history.json and in checkpoints."""
@@ -112,6 +115,7 @@ class ClosingRound:
     not_submitted: Sequence[str]
     downloads: Mapping[str, Mapping[str, float]]  # scenario → bytes, seconds, count
     resumed_after_restart: bool
+    sampled: Sequence[str] | None = None  # partial participation (None: every client)
 
 
 def build_record(
@@ -176,6 +180,7 @@ def build_record(
         ),
         state_checksum=state_checksum,
         clients=clients,
+        sampled=list(closing.sampled) if closing.sampled is not None else None,
     )
 
 

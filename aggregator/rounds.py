@@ -12,6 +12,9 @@ Rules (DESIGN.md "Federation protocol", and the lessons about hangs and timeouts
   are at least ``min_clients`` submissions), or at the deadline with at least
   ``min_clients`` submissions. With fewer at the deadline it is extended by another deadline
   and :meth:`message` says exactly what it waits for: never a silent wait.
+* Partial participation: with ``participants`` (a pure function of the round number) only
+  the clients it names for the open round may submit; the round waits for the live ones
+  among them, and needs ``min(min_clients, len(sample))`` submissions.
 * ``AGGREGATING``: the caller aggregates and checkpoints, then calls :meth:`finish_close`,
   which opens the next round at once or moves to ``FINISHED``.
 * A client is *live* while its last call is younger than ``heartbeat_interval × patience``;
@@ -21,6 +24,7 @@ Rules (DESIGN.md "Federation protocol", and the lessons about hangs and timeouts
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -48,6 +52,8 @@ class RoundRules:
     deadline: float = 600.0
     heartbeat_interval: float = 5.0
     heartbeat_patience: int = 3
+    # round number → the clients sampled for it (None: every client takes part)
+    participants: Callable[[int], tuple[str, ...]] | None = None
 
     @property
     def liveness_window(self) -> float:
@@ -85,6 +91,7 @@ class RoundMachine:
         self.min_reached_at: float | None = None
         self.closing_reason = ""
         self.started_at = now
+        self.sampled: tuple[str, ...] | None = None  # the open round's sample (None: all)
 
     # ------------------------------------------------------------------------- clients
     def join(self, scenario: str, now: float, num_train_samples: int = 0) -> ClientRecord:
@@ -113,6 +120,16 @@ class RoundMachine:
     def live(self, now: float) -> list[str]:
         return [s for s in sorted(self.clients) if self.is_live(s, now)]
 
+    def eligible(self, scenario: str) -> bool:
+        """Whether ``scenario`` is sampled for the open round (always, without sampling)."""
+        return self.sampled is None or scenario in self.sampled
+
+    def needed(self) -> int:
+        """Submissions the open round needs to close."""
+        if self.sampled is None:
+            return self.rules.min_clients
+        return max(1, min(self.rules.min_clients, len(self.sampled)))
+
     # -------------------------------------------------------------------------- rounds
     def decide(self, now: float) -> Action:
         rules = self.rules
@@ -130,12 +147,12 @@ class RoundMachine:
         if self.phase is Phase.OPEN:
             assert self.deadline_at is not None
             n = len(self.submitted)
-            waiting = [s for s in self.live(now) if s not in self.submitted]
-            if n >= rules.min_clients and not waiting:
+            waiting = [s for s in self.live(now) if self.eligible(s) and s not in self.submitted]
+            if n >= self.needed() and not waiting:
                 self.closing_reason = "all_submitted"
                 return Action.CLOSE
             if now >= self.deadline_at:
-                if n >= rules.min_clients:
+                if n >= self.needed():
                     self.closing_reason = "deadline"
                     return Action.CLOSE
                 return Action.EXTEND
@@ -143,6 +160,7 @@ class RoundMachine:
 
     def open_round(self, now: float) -> int:
         self.phase = Phase.OPEN
+        self.sampled = self.rules.participants(self.round) if self.rules.participants else None
         self.submitted = {}
         self.opened_at = now
         self.deadline_at = now + self.rules.deadline
@@ -204,21 +222,28 @@ class RoundMachine:
                 text += f"; starting without them in {left:.0f} s"
             return text
         assert self.deadline_at is not None
+        live = [s for s in live if self.eligible(s)]
         waiting = [s for s in live if s not in self.submitted]
         left = self.deadline_at - now
         text = (
             f"round {self.round}/{rules.total_rounds}: {len(self.submitted)}/{len(live)} live "
-            f"clients submitted"
+            f"{'sampled ' if self.sampled is not None else ''}clients submitted"
         )
         if waiting:
             text += f" (waiting for {', '.join(waiting)})"
-        lost = [s for s in self.clients if s not in live and s not in self.submitted]
+        lost = [
+            s
+            for s in self.clients
+            if s not in live and s not in self.submitted and self.eligible(s)
+        ]
         if lost:
             text += f"; lost {', '.join(sorted(lost))}"
         if self.extensions:
             text += (
                 f"; deadline extended {self.extensions}x: {len(self.submitted)} of min "
-                f"{rules.min_clients} submissions"
+                f"{self.needed()} submissions"
             )
+        if self.sampled is not None:
+            text += f"; sampled {', '.join(self.sampled)}"
         text += f"; deadline in {max(0.0, left):.0f} s"
         return text

@@ -173,7 +173,12 @@ class Aggregator:
             self.metrics,
             bind_certificates=bool(settings.tls_client_ca)
             and settings.tls_client_identity == "scenario",
-            limits=CallLimits(settings.max_calls_per_scenario, settings.max_submits_per_scenario),
+            limits=CallLimits(
+                settings.max_calls_per_scenario,
+                settings.max_submits_per_scenario,
+                settings.rate_limit_per_second,
+                settings.rate_limit_burst,
+            ),
         )
         pb_grpc.add_FederationServicer_to_server(self.servicer, server)
         self.health = health.HealthServicer(experimental_non_blocking=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from aggregator.errors import REASON_KEY, Reason, Refusal
+from aggregator.errors import REASON_KEY, RETRY_AFTER_KEY, Reason, Refusal
 from aggregator.federation import Federation, Status
 from aggregator.hooks import Hooks, NoHooks
 from aggregator.rounds import Phase
@@ -31,6 +32,7 @@ from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
 from servicekit.auth import TokenTable, bearer_token
+from servicekit.ratelimit import TokenBuckets
 
 log = logging.getLogger("aggregator.service")
 
@@ -56,6 +58,7 @@ def status_to_proto(st: Status) -> pb.RoundStatus:
         message=st.message,
         you_are_joined=st.you_are_joined,
         you_submitted=st.you_submitted,
+        participants=st.participants or [],
     )
 
 
@@ -63,7 +66,10 @@ def _refuse(context: grpc.ServicerContext, hooks: Hooks, rpc: str, refusal: Refu
     reason = refusal.reason.value  # the contract's dash spelling, e.g. "wrong-round"
     hooks.rejected(rpc, reason)
     log.info("%s refused (%s, %s): %s", rpc, refusal.code, reason, refusal.message)
-    context.set_trailing_metadata(((REASON_KEY, reason),))
+    metadata = [(REASON_KEY, reason)]
+    if refusal.retry_after is not None:
+        metadata.append((RETRY_AFTER_KEY, str(max(1, math.ceil(refusal.retry_after * 1000)))))
+    context.set_trailing_metadata(tuple(metadata))
     context.abort(getattr(grpc.StatusCode, refusal.code), refusal.message)
 
 
@@ -89,6 +95,8 @@ class CallLimits:
 
     calls: int = 8
     submits: int = 2
+    rate: float = 0.0  # calls per second per token over time (token bucket); 0: no limit
+    burst: int = 100  # calls a token may make at once before the rate applies
 
 
 class InFlight:
@@ -101,8 +109,19 @@ class InFlight:
         self.limits = limits
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str], int] = {}
+        self.buckets = TokenBuckets(limits.rate, limits.burst) if limits.rate > 0 else None
 
     def admit(self, context: grpc.ServicerContext, scenario: str, submit: bool) -> None:
+        if self.buckets is not None:
+            wait = self.buckets.take(scenario)
+            if wait > 0:
+                raise Refusal(
+                    Reason.RATE_LIMITED,
+                    f"scenario {scenario} is over its rate of {self.limits.rate:g} calls/s "
+                    f"(aggregator settings rate_limit_per_second, rate_limit_burst); retry "
+                    f"after {wait:.2f} s",
+                    retry_after=wait,
+                )
         kinds = [("calls", self.limits.calls)]
         if submit:
             kinds.append(("submits", self.limits.submits))

@@ -43,6 +43,15 @@ class AggregatorSettings(ServiceSettings):
         ge=1,
         description="concurrent uploads of one scenario (each holds a payload-sized buffer)",
     )
+    rate_limit_per_second: float = Field(
+        50.0,
+        ge=0,
+        description="calls per second one token may make over time (token bucket; beyond it "
+        "RESOURCE_EXHAUSTED rate-limited with retry-after-ms, which clients honour); 0: off",
+    )
+    rate_limit_burst: int = Field(
+        100, ge=1, description="calls one token may make at once before the rate applies"
+    )
 
     # ------------------------------------------------------------- experiment protocol
     method: str = Field(
@@ -87,6 +96,19 @@ class AggregatorSettings(ServiceSettings):
         None, description="scenarios of the federation (default: the token table's)"
     )
     min_clients: int = Field(2, description="submissions a round needs to close at its deadline")
+    clients_per_round: int | None = Field(
+        None,
+        ge=1,
+        description="partial participation: clients sampled per round, deterministically by "
+        "seed and round as `simulate --clients-per-round` samples them (default: all)",
+    )
+    client_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="partial participation: the fraction of the clients sampled per round "
+        "(rounded up); give this or clients_per_round",
+    )
     start_wait_seconds: float = Field(
         30.0,
         description="once min_clients joined, how long round 1 waits for the other scenarios",

@@ -43,6 +43,9 @@ class StatusView(BaseModel):
         "submissions; unchanged by any refused call"
     )
     strategy_checksum: str
+    participants: list[str] | None = Field(
+        None, description="partial participation: the clients the open round sampled (null: all)"
+    )
     storage_problem: str | None = Field(
         None,
         description="why the state directory refuses writes now (a checkpoint being retried, "
@@ -97,6 +100,7 @@ def status_view(fed: Federation) -> StatusView:
             payload_bytes=sum(s.nbytes for s in fed.signature),
             state_checksum=fed.state_checksum(),
             strategy_checksum=fed.strategy_checksum,
+            participants=st.participants,
             storage_problem=fed.storage_problem(),
         )
 

@@ -20,6 +20,7 @@ from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
 from msmtrec.federation.client import ClientRuntime
 from msmtrec.federation.config import FederationConfig, ResolvesExperiment
 from msmtrec.federation.methods import get_method
+from msmtrec.federation.sampling import round_participants
 from msmtrec.federation.strategy import Strategy
 from msmtrec.model.config import ModelConfig
 from msmtrec.training.history import Log, RoundRecord, round_line
@@ -199,12 +200,16 @@ def _run_federated(
     for r in range(1, config.rounds + 1):
         start = time.perf_counter()
         updates, losses = [], {}
-        for s, c in clients.items():
-            update, fit = c.train_round(r, progress=config.progress)
+        # Partial participation: the sampled clients train; every client then receives its
+        # next θ^start (a networked client that sat a round out downloads it too).
+        chosen = round_participants(clients, r, config.seed, fed)
+        for s in chosen:
+            update, fit = clients[s].train_round(r, progress=config.progress)
             updates.append(update)
             losses[s] = fit.loss
-        for s, payload in strategy.aggregate(updates).items():
-            clients[s].receive(payload, completed_rounds=r)
+        payloads = strategy.aggregate(updates)
+        for s, c in clients.items():
+            c.receive(payloads[s] if s in payloads else strategy.payload(s), completed_rounds=r)
         valid = {s: c.evaluate("valid") for s, c in clients.items()}
         if config.lazy_test:
             test = {}

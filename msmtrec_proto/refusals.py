@@ -16,6 +16,8 @@ from enum import StrEnum
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 
 REASON_KEY = "msmtrec-reason"
+# With RESOURCE_EXHAUSTED rate-limited: milliseconds until a call of this token will pass.
+RETRY_AFTER_KEY = "retry-after-ms"
 _PREFIX = "REFUSAL_REASON_"
 
 
@@ -49,7 +51,7 @@ _CODES: dict[str, tuple[str, ...]] = {
         "BAD_NUM_SAMPLES",
         "BAD_METRICS",
     ),
-    "RESOURCE_EXHAUSTED": ("TOO_LARGE", "TOO_MANY_CALLS"),
+    "RESOURCE_EXHAUSTED": ("TOO_LARGE", "TOO_MANY_CALLS", "RATE_LIMITED"),
     "FAILED_PRECONDITION": (
         "WRONG_ROUND",
         "NOT_OPEN",
@@ -58,6 +60,7 @@ _CODES: dict[str, tuple[str, ...]] = {
         "SIGNATURE_MISMATCH",
         "SPEC_MISMATCH",
         "UNKNOWN_ROUND",
+        "NOT_SAMPLED",
     ),
     "ALREADY_EXISTS": ("CONFLICTING_RESUBMISSION",),
 }

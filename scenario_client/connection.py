@@ -3,7 +3,8 @@
 * Every call has a deadline (``rpc_timeout`` for unary calls, ``transfer_timeout`` for
   parameter streams).
 * UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED without a reason (a server that stopped while
-  the call was in flight) and RESOURCE_EXHAUSTED ``too-many-calls`` (this scenario
+  the call was in flight), RESOURCE_EXHAUSTED ``rate-limited`` (after the server's
+  ``retry-after-ms`` at least) and RESOURCE_EXHAUSTED ``too-many-calls`` (this scenario
   has too many calls in flight, e.g. old ones the server has not seen end yet) are retried
   with exponential backoff and jitter, for as long as the aggregator has been unreachable
   for less than ``reconnect_timeout``; every call of the protocol is safe to repeat
@@ -25,13 +26,14 @@ from typing import TypeVar
 import grpc
 
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
-from msmtrec_proto.refusals import REASON_KEY, Reason, parse_reason
+from msmtrec_proto.refusals import REASON_KEY, RETRY_AFTER_KEY, Reason, parse_reason
 
 log = logging.getLogger("scenario_client")
 
 T = TypeVar("T")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 BUSY = Reason.TOO_MANY_CALLS  # RESOURCE_EXHAUSTED for this scenario's calls in flight: retried
+SLOW_DOWN = Reason.RATE_LIMITED  # over this token's rate: retried after retry-after-ms
 MAX_MESSAGE = 64 << 20
 
 
@@ -72,6 +74,24 @@ def _reason(error: grpc.RpcError) -> Reason | None:
     except Exception:
         pass
     return None
+
+
+def _has_reason(error: grpc.RpcError) -> bool:
+    return bool(_reason(error))  # a Reason's value is never empty
+
+
+def _retry_after(error: grpc.RpcError) -> float:
+    """Seconds the server asked us to wait (``retry-after-ms``), 0 when it did not say."""
+    trailing = (
+        error.trailing_metadata() if callable(getattr(error, "trailing_metadata", None)) else None
+    )
+    for key, value in trailing or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                return min(60.0, max(0.0, int(value) / 1000.0))
+            except (TypeError, ValueError):
+                return 0.0
+    return 0.0
 
 
 def tls_hint(details: str, tls: bool) -> str:
@@ -153,10 +173,11 @@ class Connection:
                 code = error.code() if callable(getattr(error, "code", None)) else None
                 details = error.details() if callable(getattr(error, "details", None)) else ""
                 details = details or str(error)
-                busy = code is grpc.StatusCode.RESOURCE_EXHAUSTED and _reason(error) == BUSY
+                exhausted = code is grpc.StatusCode.RESOURCE_EXHAUSTED
+                busy = exhausted and _reason(error) in (BUSY, SLOW_DOWN)
                 # CANCELLED without a reason: the server cancelled the call as it stopped
                 # (a refusal always carries a reason, and this client cancels nothing).
-                gone = code is grpc.StatusCode.CANCELLED and _reason(error) is None
+                gone = code is grpc.StatusCode.CANCELLED and not _has_reason(error)
                 if (code not in RETRYABLE and not busy and not gone) or not retry:
                     if code is None:
                         raise ClientError(f"{rpc} failed: {details}") from error
@@ -169,7 +190,7 @@ class Connection:
                         f"aggregator at {self.target} unreachable for "
                         f"{now - first_failure:.0f} s ({code.name}: {details}){hint}"
                     ) from error
-                delay = self.backoff.delay(attempt, self.rng)
+                delay = max(self.backoff.delay(attempt, self.rng), _retry_after(error))
                 delay = min(delay, max(0.05, first_failure + self.reconnect_timeout - now))
                 log.warning(
                     "%s: %s (%s); retrying in %.1f s%s",

@@ -70,8 +70,11 @@ FATAL_REASONS = frozenset(
 ROUND_MOVED_ON = frozenset(
     {Reason.WRONG_ROUND, Reason.NOT_OPEN, Reason.NOT_JOINED, Reason.FINISHED}
 )
-# A submission that arrived after its round closed: dropped, the next round goes on.
-LATE_SUBMISSION = frozenset({Reason.WRONG_ROUND, Reason.FINISHED, Reason.NOT_OPEN})
+# A submission that arrived after its round closed (or for a round that did not sample
+# this client): dropped, the next round goes on.
+LATE_SUBMISSION = frozenset(
+    {Reason.WRONG_ROUND, Reason.FINISHED, Reason.NOT_OPEN, Reason.NOT_SAMPLED}
+)
 # The aggregator forgot this client (it restarted): join again and resend the same bytes.
 REJOIN = Reason.NOT_JOINED
 
@@ -101,6 +104,7 @@ class ClientReport:
     final_round: int = 0
     final_metrics: dict[str, Any] = field(default_factory=dict)
     publish_failures: list[int] = field(default_factory=list)  # rounds whose publish failed
+    rounds_sat_out: list[int] = field(default_factory=list)  # rounds that did not sample it
 
 
 def _fmt(v: float | None) -> str:
@@ -422,6 +426,25 @@ class ScenarioClient:
         )  # fmt: skip
         self._send_pending()
 
+    def _sit_out(self, round_number: int) -> None:
+        """A round that did not sample this client (partial participation): download the
+        model the previous rounds made, evaluate, report and publish it, as the simulation
+        does for every client each round, but neither train nor submit."""
+        try:
+            dl = self._download(round_number)
+        except Refused as exc:
+            if exc.reason in ROUND_MOVED_ON:
+                return
+            raise
+        if dl.header.final:
+            return
+        completed = int(dl.header.completed_rounds)
+        self.runtime.receive(dl.params, completed_rounds=completed)
+        if completed >= 1 and completed > self.meta.evaluated_round:
+            self._evaluate_and_report(completed, {"download_seconds": dl.seconds})
+        self.report.rounds_sat_out.append(round_number)
+        log.info("%s: round %d did not sample this client; waiting", self.scenario, round_number)
+
     def _send_pending(self) -> None:
         pending = self.pending
         if pending is None:
@@ -479,7 +502,11 @@ class ScenarioClient:
                     return self.report
             elif status.phase == pb.PHASE_OPEN and not status.you_submitted:
                 r = int(status.round)
-                if self.pending is not None and self.pending.round == r:
+                if status.participants and self.scenario not in status.participants:
+                    if r > after:  # not sampled: evaluate this round's model, train nothing
+                        self.pending = None
+                        self._sit_out(r)
+                elif self.pending is not None and self.pending.round == r:
                     self._send_pending()
                 else:
                     self.pending = None

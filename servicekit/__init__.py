@@ -4,6 +4,7 @@
 * ``http_limits``: uvicorn's httptools protocol with a bound on the request head.
 * ``auth``: per-scenario bearer tokens (tables, files, generation).
 * ``certs``: development TLS material.
+* ``ratelimit``: token buckets, a rate limit over time per token or client.
 
 Below the services and the composition layer, above the core; opens no socket itself
 (docs/ARCHITECTURE.md).

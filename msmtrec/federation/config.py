@@ -29,6 +29,8 @@ _FORM_DEFAULTS: dict[str, Any] = {
     "hyper_grad": "raw",
     "attention_temperature": None,
     "embedding_template": False,
+    "clients_per_round": None,
+    "client_fraction": None,
 }
 
 
@@ -91,8 +93,20 @@ class FederationConfig:
     ditto_lambda: float | None = None
     finetune_epochs: int | None = None
     head_epochs: int | None = None
+    # Partial participation (msmtrec.federation.sampling): a number or a fraction of the
+    # clients sampled per round, deterministically by seed and round; None: every client.
+    clients_per_round: int | None = None
+    client_fraction: float | None = None
 
     def __post_init__(self) -> None:
+        if self.clients_per_round is not None and self.client_fraction is not None:
+            raise ValueError("give clients_per_round or client_fraction, not both")
+        k = self.clients_per_round
+        if k is not None and (isinstance(k, bool) or int(k) != k or k < 1):
+            raise ValueError(f"clients_per_round must be an integer >= 1, got {k!r}")
+        f = self.client_fraction
+        if f is not None and not 0 < f <= 1:
+            raise ValueError(f"client_fraction must be in (0, 1], got {f!r}")
         if self.ditto_lambda is not None and not self.ditto_lambda >= 0:
             raise ValueError(f"ditto_lambda must be >= 0, got {self.ditto_lambda!r}")
         for name in ("finetune_epochs", "head_epochs"):
@@ -164,6 +178,8 @@ FEDERATION_KNOBS = (
     "embedding_template",
     "init_weight",
     "hyper_lr",
+    "clients_per_round",
+    "client_fraction",
     *METHOD_KNOBS,
 )
 MODEL_KNOBS = ("template", "ctcvr_head")

@@ -63,6 +63,19 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="λ of (λ/2)‖W_S, W_T‖², shrinking experts to W_G (method default)",
     )
+    sample = p.add_mutually_exclusive_group()
+    sample.add_argument(
+        "--clients-per-round",
+        type=int,
+        default=None,
+        help="partial participation: clients sampled per round (deterministic by seed)",
+    )
+    sample.add_argument(
+        "--client-fraction",
+        type=float,
+        default=None,
+        help="partial participation: fraction of the clients sampled per round (rounded up)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/simulate"))
     p.add_argument("--plot", action="store_true", help="write auc_per_round.png")
     p.add_argument("--progress", action="store_true", help="progress bar per local epoch")

@@ -89,6 +89,7 @@ def server(tmp_path_factory):
         max_payload_bytes=1 * MiB,
         threads=1,
         heartbeat_interval_seconds=60,  # no client is lost while the fuzzer thinks
+        rate_limit_per_second=0,  # the fuzzer calls as fast as it can: content is under test
     )
     agg = Aggregator(settings_).start()
     channel = grpc.insecure_channel(f"127.0.0.1:{settings_.port}")

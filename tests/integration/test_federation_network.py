@@ -220,3 +220,56 @@ def test_client_killed_mid_round_misses_it_and_rejoins_the_next(tmp_path, proces
 
 def rounds_from_checkpoint(fed: Federation) -> list[dict]:
     return CheckpointStore(fed.state_dir / "checkpoints").load_latest().state["history"]
+
+
+def test_partial_participation_network_equals_simulation(tmp_path, processes):
+    """Two of three clients sampled per round (seed 0: S0+S2, S1+S2, S0+S1): the aggregator
+    samples exactly what the simulation samples, a client left out downloads and evaluates
+    but neither trains nor submits, and every client's state and personalized payload at the
+    end equal the in-process simulation's."""
+    from msmtrec.federation.sampling import round_participants
+
+    rounds = 3
+    fed = Federation.create(tmp_path)
+    agg = processes.launch(
+        "aggregator", fed.aggregator_args(rounds=rounds, exit_when_done=False, clients_per_round=2)
+    )
+    clients = [processes.launch(s, fed.client_args(s)) for s in fed.scenarios]
+    for c in clients:
+        assert c.wait(START) == 0, c.tail()
+    spec = FederationSpec(rounds=rounds, federation_overrides={"clients_per_round": 2})
+    expected = {r: list(round_participants(fed.scenarios, r, 0, spec.federation()))
+                for r in range(1, rounds + 1)}  # fmt: skip
+    assert len({tuple(v) for v in expected.values()}) == rounds  # the sample does vary
+    records = get_json(fed.url("/v1/rounds"))
+    assert {r["round"]: r["participants"] for r in records} == expected
+    assert {r["round"]: r["sampled"] for r in records} == expected
+    for r in records:
+        assert r["closed_by"] == "all_submitted" and r["not_submitted"] == [], r
+        for s in fed.scenarios:
+            assert (r["clients"][s]["num_samples"] is not None) == (s in expected[r["round"]])
+            if r["round"] < rounds:  # evaluated at the start of the next round, sampled or not
+                assert r["clients"][s]["eval"]["valid"]["ctr"]["n"] == 200
+    sat_out = [s for s in fed.scenarios if s not in expected[1]]
+    assert (
+        "did not sample this client" in processes.procs[1 + fed.scenarios.index(sat_out[0])].log()
+    )
+    agg.stop()
+    assert agg.proc.returncode == 0, agg.tail()
+
+    captured: dict[str, dict[str, torch.Tensor]] = {}
+
+    def on_round(r: int, sim_clients) -> None:
+        if r == rounds:
+            captured.update({s: c.full_state() for s, c in sim_clients.items()})
+
+    with torch_threads(1):
+        run_simulation(spec.to_simulation(fed.data), log=lambda _: None, on_round=on_round)
+    ckpt = CheckpointStore(fed.state_dir / "checkpoints").load_latest()
+    strategy = Strategy(spec.federation(), spec.initial_state())
+    strategy.load_state_dict(ckpt.tensors, ckpt.state["strategy"])
+    for s in fed.scenarios:
+        assert max_abs_diff(strategy.payload(s), captured[s]) <= 1e-6, s
+        local = load_file(str(fed.client_state_dir(s) / CLIENT_STATE_FILE))
+        assert set(local) == set(captured[s])
+        assert max_abs_diff(local, captured[s]) <= 1e-6, s

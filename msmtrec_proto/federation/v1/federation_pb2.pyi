@@ -42,6 +42,8 @@ class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REFUSAL_REASON_SPEC_MISMATCH: _ClassVar[RefusalReason]
     REFUSAL_REASON_UNKNOWN_ROUND: _ClassVar[RefusalReason]
     REFUSAL_REASON_CONFLICTING_RESUBMISSION: _ClassVar[RefusalReason]
+    REFUSAL_REASON_NOT_SAMPLED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_RATE_LIMITED: _ClassVar[RefusalReason]
 PHASE_UNSPECIFIED: Phase
 PHASE_WAITING_FOR_CLIENTS: Phase
 PHASE_OPEN: Phase
@@ -72,6 +74,8 @@ REFUSAL_REASON_SIGNATURE_MISMATCH: RefusalReason
 REFUSAL_REASON_SPEC_MISMATCH: RefusalReason
 REFUSAL_REASON_UNKNOWN_ROUND: RefusalReason
 REFUSAL_REASON_CONFLICTING_RESUBMISSION: RefusalReason
+REFUSAL_REASON_NOT_SAMPLED: RefusalReason
+REFUSAL_REASON_RATE_LIMITED: RefusalReason
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "shape", "dtype")
@@ -150,7 +154,7 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, scenario: _Optional[str] = ..., session_id: _Optional[str] = ..., wait_ms: _Optional[int] = ..., after_round: _Optional[int] = ...) -> None: ...
 
 class RoundStatus(_message.Message):
-    __slots__ = ("phase", "round", "completed_rounds", "total_rounds", "deadline_unix", "joined", "live", "submitted", "min_clients", "message", "you_are_joined", "you_submitted")
+    __slots__ = ("phase", "round", "completed_rounds", "total_rounds", "deadline_unix", "joined", "live", "submitted", "min_clients", "message", "you_are_joined", "you_submitted", "participants")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +167,7 @@ class RoundStatus(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     YOU_ARE_JOINED_FIELD_NUMBER: _ClassVar[int]
     YOU_SUBMITTED_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     phase: Phase
     round: int
     completed_rounds: int
@@ -175,7 +180,8 @@ class RoundStatus(_message.Message):
     message: str
     you_are_joined: bool
     you_submitted: bool
-    def __init__(self, phase: _Optional[_Union[Phase, str]] = ..., round: _Optional[int] = ..., completed_rounds: _Optional[int] = ..., total_rounds: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., joined: _Optional[_Iterable[str]] = ..., live: _Optional[_Iterable[str]] = ..., submitted: _Optional[_Iterable[str]] = ..., min_clients: _Optional[int] = ..., message: _Optional[str] = ..., you_are_joined: _Optional[bool] = ..., you_submitted: _Optional[bool] = ...) -> None: ...
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, phase: _Optional[_Union[Phase, str]] = ..., round: _Optional[int] = ..., completed_rounds: _Optional[int] = ..., total_rounds: _Optional[int] = ..., deadline_unix: _Optional[float] = ..., joined: _Optional[_Iterable[str]] = ..., live: _Optional[_Iterable[str]] = ..., submitted: _Optional[_Iterable[str]] = ..., min_clients: _Optional[int] = ..., message: _Optional[str] = ..., you_are_joined: _Optional[bool] = ..., you_submitted: _Optional[bool] = ..., participants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("scenario", "round")
