@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from gateway.store import ModelStore, ServingModel
 from gateway.watcher import RegistryWatcher
 from msmtrec.data.schema import FeatureSchema
 from msmtrec.registry import ModelRegistry
+from servicekit.ratelimit import TokenBuckets
 
 log = logging.getLogger("msmtrec.gateway")
 JSON = "application/json"
@@ -147,6 +149,11 @@ def predict_openapi(schema: FeatureSchema, max_batch: int) -> dict[str, Any]:
                 **error,
             },
             "431": {"description": "request headers larger than 64 KiB", **error},
+            "429": {
+                "description": "over the per-client rate (rate_limit_per_second); see the "
+                "Retry-After header",
+                **error,
+            },
             "503": {"description": "the scenario is published but no model is loaded yet", **error},
         },
     }
@@ -165,6 +172,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         else None
     )
     body_limit = settings.body_limit
+    buckets = (
+        TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst)
+        if settings.rate_limit_per_second > 0
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -199,6 +211,15 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     )
     async def predict(scenario: str, request: Request) -> Response:
         """Body ``{"instances": [{feature: value, …}, …]}`` → per-task probabilities."""
+        if buckets is not None:
+            wait = buckets.take(request.client.host if request.client else "")
+            if wait > 0:
+                metrics.errors.labels(UNKNOWN, "rate_limited").inc()
+                return _json(
+                    429,
+                    {"detail": f"over {settings.rate_limit_per_second:g} requests/s per client"},
+                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
+                )
         model = store.get(scenario)  # the one reference this request uses to the end
         if model is None:
             return _missing(scenario)

@@ -24,11 +24,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("compiled", "eager"), default=None)
     p.add_argument("--schema-file", type=Path, default=None, help="JSON feature schema")
     p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--rate-limit-per-second",
+        type=float,
+        default=None,
+        help="predict requests per second per client, 0 = off (0)",
+    )
+    p.add_argument("--rate-limit-burst", type=int, default=None, help="burst per client (50)")
     p.set_defaults(func=run)
 
 
 SETTING_FLAGS = ("registry", "host", "port", "max_batch", "poll_interval", "threads", "workers",
-                 "engine", "schema_file", "log_level")  # fmt: skip
+                 "engine", "schema_file", "log_level", "rate_limit_per_second",
+                 "rate_limit_burst")  # fmt: skip
 
 
 def settings_from_args(args: argparse.Namespace):

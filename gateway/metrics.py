@@ -36,7 +36,7 @@ class GatewayMetrics:
         self.errors = Counter(
             "msmtrec_gateway_errors_total",
             "Predict requests that failed, by reason (validation, unknown_scenario, "
-            "not_loaded, internal).",
+            "not_loaded, rate_limited, internal).",
             ["scenario", "reason"],
             registry=r,
         )

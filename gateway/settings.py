@@ -42,6 +42,16 @@ class GatewaySettings(BaseSettings):
     schema_file: Path | None = Field(
         None, description="JSON feature schema to serve (default: the AliExpress schema)"
     )
+    rate_limit_per_second: float = Field(
+        0.0,
+        ge=0,
+        description="predict requests per second one client (remote address) may make over "
+        "time, token bucket; beyond it 429 with Retry-After. 0 (default): off, since behind a "
+        "proxy every request has the proxy's address",
+    )
+    rate_limit_burst: int = Field(
+        50, ge=1, description="predict requests a client may make at once before the rate applies"
+    )
     log_level: str = "info"
 
     @property
