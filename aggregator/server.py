@@ -165,6 +165,14 @@ class Aggregator:
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", max_message),
                 ("grpc.so_reuseport", 0),  # a second aggregator on the same port must fail
+                # Clients ping every keepalive_seconds (≥ 1 s, also between calls): permit it
+                # rather than answer GOAWAY too_many_pings; and ping them, so that a call of a
+                # client behind a dead network path ends instead of holding its thread.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+                ("grpc.http2.max_ping_strikes", 0),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
             ],
         )
         self.servicer = FederationServicer(

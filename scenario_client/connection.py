@@ -1,7 +1,8 @@
 """The client's channel to the aggregator: credentials, deadlines, retries.
 
 * Every call has a deadline (``rpc_timeout`` for unary calls, ``transfer_timeout`` for
-  parameter streams).
+  parameter streams), and the channel sends keepalive pings (``keepalive``): a connection
+  that stops answering fails its calls long before their deadlines.
 * UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED without a reason (a server that stopped while
   the call was in flight), RESOURCE_EXHAUSTED ``rate-limited`` (after the server's
   ``retry-after-ms`` at least) and RESOURCE_EXHAUSTED ``too-many-calls`` (this scenario
@@ -35,6 +36,7 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 BUSY = Reason.TOO_MANY_CALLS  # RESOURCE_EXHAUSTED for this scenario's calls in flight: retried
 SLOW_DOWN = Reason.RATE_LIMITED  # over this token's rate: retried after retry-after-ms
 MAX_MESSAGE = 64 << 20
+KEEPALIVE_MIN_SECONDS = 1.0  # the aggregator's grpc.http2.min_recv_ping_interval_without_data
 
 
 class ClientError(Exception):
@@ -121,6 +123,7 @@ class Connection:
         rpc_timeout: float = 30.0,
         transfer_timeout: float = 600.0,
         reconnect_timeout: float = 300.0,
+        keepalive: float = 10.0,
         backoff: Backoff | None = None,
         seed: int | None = None,
     ) -> None:
@@ -140,6 +143,14 @@ class Connection:
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.enable_retries", 0),
+            # Keepalive pings, also while no call runs: a connection whose peer stopped
+            # answering (a stalled proxy, a blackholed route) fails its calls UNAVAILABLE
+            # within keepalive × 1.5 instead of holding them until their deadline. The
+            # aggregator permits pings every KEEPALIVE_MIN_SECONDS.
+            ("grpc.keepalive_time_ms", int(max(KEEPALIVE_MIN_SECONDS, keepalive) * 1000)),
+            ("grpc.keepalive_timeout_ms", int(max(1.0, keepalive / 2) * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         if tls or ca_cert or client_cert:
             if (client_cert is None) != (client_key is None):

@@ -132,6 +132,7 @@ class ScenarioClient:
             rpc_timeout=settings.rpc_timeout_seconds,
             transfer_timeout=settings.transfer_timeout_seconds,
             reconnect_timeout=settings.reconnect_timeout_seconds,
+            keepalive=settings.keepalive_seconds,
             backoff=Backoff(settings.backoff_initial_seconds, settings.backoff_max_seconds),
         )
         self.md = self.conn.metadata

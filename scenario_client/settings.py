@@ -60,6 +60,12 @@ class ClientSettings(ServiceSettings):
     reconnect_timeout_seconds: float = Field(
         300.0, description="give up when the aggregator stays unreachable this long"
     )
+    keepalive_seconds: float = Field(
+        10.0,
+        description="HTTP/2 keepalive ping interval; a connection that answers no ping within "
+        "half of it (at least 1 s) is dropped and the call retried, so a stalled or "
+        "blackholed network never holds a call until its deadline",
+    )
     backoff_initial_seconds: float = Field(0.5, description="first retry delay")
     backoff_max_seconds: float = Field(10.0, description="largest retry delay (with jitter)")
 
@@ -70,6 +76,7 @@ class ClientSettings(ServiceSettings):
     @field_validator(
         "rpc_timeout_seconds", "transfer_timeout_seconds", "poll_seconds",
         "reconnect_timeout_seconds", "backoff_initial_seconds", "backoff_max_seconds",
+        "keepalive_seconds",
     )  # fmt: skip
     @classmethod
     def _positive(cls, v: float) -> float:

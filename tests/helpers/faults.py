@@ -23,6 +23,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 from aggregator.checkpoint import CheckpointStore
+from aggregator.history import History
 from helpers.federation import Federation
 from helpers.processes import ManagedProcess, ProcessGroup, wait_until
 from msmtrec.data.loader import load_scenario
@@ -134,11 +135,19 @@ class FaultRun:
         return httpx.get(self.fed.url("/v1/status"), timeout=3).json()
 
     def durable(self) -> dict[int, str]:
-        """round → state checksum of the rounds in the newest verified checkpoint."""
+        """round → state checksum of the rounds the newest verified checkpoint stands for."""
+        return {r["round"]: r["state_checksum"] for r in self.durable_history()}
+
+    def durable_history(self) -> list[dict[str, Any]]:
+        """The round history as a restarted aggregator rebuilds it: the newest verified
+        checkpoint's last records, preceded by history.json's older ones (a checkpoint
+        carries only its last few rounds)."""
         ckpt = self.checkpoints.load_latest()
         if ckpt is None:
-            return {}
-        return {r["round"]: r["state_checksum"] for r in ckpt.state["history"]}
+            return []
+        history = History(self.fed.state_dir / "history.json", retention=1 << 30)
+        history.restore(ckpt.state["history"])
+        return [r.to_json_dict() for r in history.records]
 
     # ----------------------------------------------------------------------- checks
     def finish(self, clients: Sequence[ManagedProcess], agg: ManagedProcess) -> None:
@@ -150,10 +159,11 @@ class FaultRun:
 
     def assert_recovered(self, before: dict[int, str] | None = None) -> list[dict[str, Any]]:
         """The promises of docs/RELIABILITY.md after a fault; returns the round history."""
-        ckpt = self.checkpoints.load_latest()
-        assert ckpt is not None, "no checkpoint"
-        history = ckpt.state["history"]
-        assert [r["round"] for r in history] == list(range(1, self.rounds + 1)), history
+        assert self.checkpoints.load_latest() is not None, "no checkpoint"
+        history = self.durable_history()
+        assert [r["round"] for r in history] == list(range(1, self.rounds + 1)), [
+            r["round"] for r in history
+        ]
         final = {r["round"]: r["state_checksum"] for r in history}
         for r, checksum in (before or {}).items():  # no completed round lost or redone
             assert final.get(r) == checksum, f"round {r} completed before the fault was lost"
