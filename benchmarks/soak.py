@@ -122,7 +122,16 @@ def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         procs = {"aggregator": agg, "gateway": gateway, **{p.name: p for p in clients}}
         registry.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + args.timeout
-        load = Load(f"http://127.0.0.1:{gw_port}", scenarios, args.rps)
+        gw_url = f"http://127.0.0.1:{gw_port}"
+        while True:  # the load starts once the gateway answers (it imports torch first)
+            if not gateway.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway did not start:\n{gateway.tail()}")
+            try:
+                if httpx.get(f"{gw_url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        load = Load(gw_url, scenarios, args.rps)
         load.start()
         start = time.monotonic()
         completed = 0
@@ -173,13 +182,13 @@ def summarize(result: dict[str, Any], args: argparse.Namespace) -> tuple[str, bo
     warm = max(1, round(args.rounds * args.warmup))
     last = max(s["round"] for s in samples)
     ok = True
+    p99 = "n/a" if result["p99_ms"] is None else f"{result['p99_ms']:.0f} ms"
     lines = [
         f"{args.clients} clients + aggregator + gateway, small preset, {args.rows} train rows "
-        f"per client, {args.rounds} rounds in {result['seconds']:.0f} s; predict load "
-        f"{args.rps:g} req/s (responses {dict(sorted(result['requests'].items()))}, p99 "
-        f"{result['p99_ms']:.0f} ms)"
-        if result["p99_ms"] is not None
-        else "",
+        f"per client, {args.rounds} rounds in {result['seconds']:.0f} s, {len(samples)} "
+        f"samples; predict load {args.rps:g} req/s (responses by status "
+        f"{dict(sorted(result['requests'].items()))}: 404 until a scenario's first model is "
+        f"published; p99 of the 200s {p99})",
         "",
         f"| process | RSS after warm-up (round {warm}) | RSS at the end (round {last}) | change | "
         "within ±10 % |",

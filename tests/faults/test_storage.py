@@ -22,6 +22,7 @@ import signal
 import time
 
 import httpx
+import pytest
 from helpers.disk import fill, small_disk
 from helpers.faults import START, FaultRun
 from helpers.processes import wait_until
@@ -127,6 +128,7 @@ def _published_round(run: FaultRun, scenario: str) -> int | None:
     return None if info is None else info.round
 
 
+@pytest.mark.faults_full  # the CI selection covers the same path without a mount (below)
 def test_full_registry_is_reported_and_training_goes_on(make_run):
     run = make_run(rounds=4)
     scenarios = run.fed.scenarios
