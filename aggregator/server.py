@@ -152,6 +152,15 @@ class Aggregator:
         self.controller: threading.Thread | None = None
 
     def start(self) -> Aggregator:
+        """Serve; a start that fails (ConfigError: a port in use, say) gives the state
+        directory's lock back, so that a corrected start in the same process can take it."""
+        try:
+            return self._start()
+        except BaseException:
+            self.state_lock.release()
+            raise
+
+    def _start(self) -> Aggregator:
         settings = self.settings
         if not self.tokens:
             log.warning(
