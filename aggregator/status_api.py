@@ -14,9 +14,11 @@ from collections.abc import Callable
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from aggregator.dashboard import STATIC_DIR, index_html
 from aggregator.federation import Federation
 from aggregator.metrics import FederationMetrics
 from aggregator.records import RoundRecord
@@ -35,6 +37,16 @@ def create_app(
         version=__version__,
         description="Read-only status of a PF-MSMTrec federation (rounds, clients, metrics).",
     )
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("dashboard")  # relative: works behind a path prefix too
+
+    @app.get("/dashboard", include_in_schema=False, response_class=HTMLResponse)
+    def dashboard() -> HTMLResponse:
+        return HTMLResponse(index_html(), headers={"Cache-Control": "no-cache"})
+
+    app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
 
     @app.get("/healthz", summary="The process is alive")
     def healthz() -> dict[str, str]:

@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "simulate",
         help="run a federation of every scenario in one process and print the AUC table",
         description="Every scenario directory under --data becomes a client. Prints one line "
-        "per round, selects the round by mean validation AUC, and writes results.json / "
-        "results.md (and auc_per_round.png with --plot) to --out.",
+        "per round, selects the round by mean validation AUC, and writes results.json, "
+        "results.md and report.html (the dashboard's views of the run, one self-contained "
+        "file) to --out (and auc_per_round.png with --plot).",
     )
     add_simulation_args(p)
     p.set_defaults(func=run)
@@ -108,6 +109,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import json
+
+    from aggregator.dashboard import write_static_report
     from msmtrec.simulation import run_simulation, write_report
 
     config = config_from_args(args)
@@ -120,5 +124,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(result.markdown())
     paths = write_report(result, args.out, plot=args.plot)
+    results = json.loads(paths["json"].read_text())  # exactly what results.json says
+    paths["html"] = write_static_report(results, args.out / "report.html")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

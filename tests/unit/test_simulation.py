@@ -93,6 +93,12 @@ def test_cli_prints_table_and_writes_reports(synth_dir, tmp_path, capsys):
     assert set(report["test"]) == {"ES", "FR", "NL"}
     assert (out / "results.md").read_text().count("| NL |") == 1
     assert (out / "auc_per_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the dashboard's static report: self-contained (no src/href to anywhere), the run inlined
+    html = (out / "report.html").read_text()
+    assert "window.MSMTREC_REPORT = " in html
+    assert 'src="' not in html and 'href="http' not in html and "@import" not in html
+    embedded = html.split("window.MSMTREC_REPORT = ", 1)[1].split(";</script>", 1)[0]
+    assert json.loads(embedded)["history"] == json.loads(json.dumps(report["history"]))
 
 
 def test_cli_rejects_unknown_strategy(synth_dir, capsys):

@@ -414,6 +414,7 @@ class Up:
         example = self.run_dir / "examples" / f"{first}.json"
         say()
         say(f"status API  {ep.status}/v1/status   (/v1/rounds /v1/clients /metrics /docs)")
+        say(f"dashboard   {ep.status}/dashboard")
         say(f"gateway     {ep.gateway}/v1/scenarios (POST /v1/scenarios/{{scenario}}/predict)")
         say(f"logs        {self.run_dir / 'logs'}/   state: {self.run_dir / 'up.json'}")
         say("try:")
