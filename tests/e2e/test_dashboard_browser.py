@@ -104,6 +104,8 @@ def _check_views(driver, rounds: int, total: int) -> None:
     assert len(cells) == len(SCENARIOS) ** 2
     assert len(driver.find_elements("css selector", "#rounds-table tbody tr")) == rounds
     assert len(driver.find_elements("css selector", "#clients-table tbody tr")) == len(SCENARIOS)
+    text = driver.find_element("tag name", "body").text
+    assert "[object" not in text and "undefined" not in text and "NaN" not in text
 
 
 def test_live_dashboard_in_a_browser(live_federation, tmp_path):

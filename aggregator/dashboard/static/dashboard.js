@@ -300,7 +300,9 @@
     const cell = 46, L = 20 + 7 * longest, T = longest > 5 ? 14 + 5 * longest : 26;
     const W = L + cell * names.length + 10, H = T + cell * names.length + 10;
     const vals = names.flatMap((a) => names.map((b) => (rows[a] || {})[b])).filter((v) => typeof v === "number");
-    const vmax = vals.length ? Math.max(...vals.map(Math.abs), 1e-12) : 1;
+    // colour spans this matrix's own range, so that differences between sources show
+    const vmin = vals.length ? Math.min(...vals) : 0, vmax = vals.length ? Math.max(...vals) : 1;
+    const shade = (v) => (vmax - vmin < 1e-12 ? 0.5 : (v - vmin) / (vmax - vmin));
     const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, width: W, class: "heatmap", "data-part": part,
       role: "img", "aria-label": `who learns from whom, ${part}` });
     names.forEach((src, j) => {
@@ -313,16 +315,17 @@
       svg.append(s("text", { x: L - 8, y: T + i * cell + cell / 2 + 4, "text-anchor": "end", text: learner }));
       names.forEach((src, j) => {
         const v = (rows[learner] || {})[src];
-        const t = typeof v === "number" ? Math.abs(v) / vmax : 0;
+        const t = typeof v === "number" ? shade(v) : 0;
         const fill = typeof v !== "number" ? "#eeeeee"
-          : v >= 0 ? `rgba(47,111,219,${(0.08 + 0.92 * t).toFixed(3)})` : `rgba(228,87,46,${(0.08 + 0.92 * t).toFixed(3)})`;
+          : v >= 0 ? `rgba(47,111,219,${(0.1 + 0.9 * t).toFixed(3)})` : `rgba(228,87,46,${(0.1 + 0.9 * t).toFixed(3)})`;
         svg.append(s("rect", { x: L + j * cell, y: T + i * cell, width: cell - 2, height: cell - 2, fill, class: "cell" },
           s("title", { text: `${learner} learns from ${src}: ${fmt(v, 4)}` })));
         svg.append(s("text", { class: "cell-label", x: L + j * cell + cell / 2 - 1, y: T + i * cell + cell / 2 + 4,
           "text-anchor": "middle", style: t > 0.6 ? "fill:#fff" : null, text: typeof v === "number" ? v.toFixed(2) : "" }));
       });
     });
-    return h("div", {}, h("h3", { text: `${part} (row learns from column)` }), svg);
+    return h("div", {}, h("h3", { text: `${part} (row learns from column)` }), svg,
+      h("p", { class: "muted", text: `colour from ${fmt(vmin, 3)} (light) to ${fmt(vmax, 3)} (dark)` }));
   }
 
   // ------------------------------------------------------------------ tables
@@ -348,7 +351,7 @@
     const legend = byId("split-legend");
     legend.hidden = !m.rounds.some((r) => r.timing);
     legend.replaceChildren(h("span", { class: "muted", text: "duration split of the critical client:" }),
-      SPLIT_PARTS.map(([, label, c]) => h("span", {}, h("i", { style: `background:${c}` }), label)));
+      ...SPLIT_PARTS.map(([, label, c]) => h("span", {}, h("i", { style: `background:${c}` }), label)));
   }
 
   function meanAuc(r, split) {
