@@ -24,6 +24,7 @@ from aggregator.metrics import FederationMetrics
 from aggregator.records import RoundRecord
 from aggregator.views import ClientView, StatusView, client_views, status_view
 from msmtrec import __version__
+from servicekit.api_docs import add_offline_docs
 from servicekit.http_limits import BoundedHttpToolsProtocol
 
 
@@ -36,7 +37,10 @@ def create_app(
         title="msmtrec aggregator status",
         version=__version__,
         description="Read-only status of a PF-MSMTrec federation (rounds, clients, metrics).",
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)  # Swagger UI and ReDoc from local files, no CDN
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -32,6 +32,7 @@ from gateway.store import ModelStore, ServingModel
 from gateway.watcher import RegistryWatcher
 from msmtrec.data.schema import FeatureSchema
 from msmtrec.registry import ModelRegistry
+from servicekit.api_docs import add_offline_docs
 
 log = logging.getLogger("msmtrec.gateway")
 JSON = "application/json"
@@ -187,7 +188,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         title="msmtrec gateway",
         description="Per-scenario CTR/CTCVR predictions from the PF-MSMTrec model registry",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)  # Swagger UI and ReDoc from local files, no CDN
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics
