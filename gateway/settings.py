@@ -1,24 +1,28 @@
 """Gateway settings: command-line flags override ``MSMTREC_GATEWAY_*`` environment variables,
-which override the defaults below (pydantic-settings)."""
+which override a ``--config`` file, which overrides the defaults below. The flags, their
+help (default and variable name) and the documentation table all derive from this model
+(servicekit.settings), as for the aggregator and the client."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
+from servicekit.settings import ServiceSettings
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MSMTREC_GATEWAY_", extra="ignore")
+    section: ClassVar[str] = "gateway"
 
     registry: Path = Field(description="model registry root directory")
     host: str = Field("127.0.0.1", description="bind address (loopback unless deployed)")
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port")
     max_batch: int = Field(1000, ge=1, description="most instances per predict request")
     max_body_bytes: int | None = Field(
         None, ge=1024, description="largest request body; default 64 KiB + 8 KiB per instance"
@@ -42,7 +46,9 @@ class GatewaySettings(BaseSettings):
     schema_file: Path | None = Field(
         None, description="JSON feature schema to serve (default: the AliExpress schema)"
     )
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="log level of the gateway and uvicorn"
+    )
 
     @property
     def body_limit(self) -> int:
