@@ -63,8 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "<out>/tls/{ca,server}.{pem,key}. Development only: use your own PKI and secret "
         "store in production.",
     )
-    sec.add_argument("--out", type=Path, default=Path("deploy/secrets"))
-    sec.add_argument("--scenarios", nargs="+", default=list(DEFAULT_SCENARIOS))
+    sec.add_argument(
+        "--out", type=Path, default=Path("deploy/secrets"), help="where to write the secrets"
+    )
+    sec.add_argument(
+        "--scenarios", nargs="+", default=list(DEFAULT_SCENARIOS), help="one token each"
+    )
     sec.add_argument(
         "--hosts",
         nargs="+",
@@ -169,6 +173,8 @@ def run_init_data(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- dev-secrets
 OWNER_ONLY = frozenset({"ca.key"})  # dev-secrets files no container mounts: 0600
+
+
 def dev_secrets(
     out: Path,
     scenarios: Sequence[str] = DEFAULT_SCENARIOS,

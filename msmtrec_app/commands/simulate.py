@@ -32,10 +32,10 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help="directory of <scenario>/{train,test}.{csv,parquet}",
     )
-    p.add_argument("--strategy", "--method", dest="method", default="pfmsmtrec", choices=METHODS)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
-    p.add_argument("--seed", type=int, default=0)
+    add_method_flag(p)
+    p.add_argument("--rounds", type=int, default=10, help="federated rounds")
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model sizes")
+    p.add_argument("--seed", type=int, default=0, help="seed of data splits, model and training")
     p.add_argument("--scenarios", nargs="+", default=None, help="subset of scenarios")
     p.add_argument(
         "--valid-fraction",
@@ -43,28 +43,53 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
         default=0.1,
         help="tail of train held out for model selection",
     )
-    p.add_argument("--local-epochs", type=int, default=TrainConfig.local_epochs)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument(
+        "--local-epochs", type=int, default=TrainConfig.local_epochs, help="local epochs per round"
+    )
+    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="client learning rate")
+    p.add_argument(
+        "--weight-decay", type=float, default=TrainConfig.weight_decay, help="client weight decay"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=TrainConfig.batch_size, help="client batch size"
+    )
     p.add_argument(
         "--template",
         choices=TEMPLATES,
         default=None,
         help="override the method's parameter template",
     )
-    p.add_argument("--ctcvr-head", choices=CTCVR_HEADS, default=None)
+    p.add_argument(
+        "--ctcvr-head", choices=CTCVR_HEADS, default=None, help="CTCVR head (method default)"
+    )
     p.add_argument("--mu", type=float, default=None, help="regularizer weight (method default)")
-    p.add_argument("--conflict", choices=("ca", "pcgrad", "none"), default=None)
-    p.add_argument("--ca-alpha", type=float, default=None)
-    p.add_argument("--ca-rescale", choices=("alpha", "alpha_sq", "none"), default=None)
+    p.add_argument(
+        "--conflict",
+        choices=("ca", "pcgrad", "none"),
+        default=None,
+        help="expert conflict coordination (method default)",
+    )
+    p.add_argument(
+        "--ca-alpha", type=float, default=None, help="conflict-averse radius (method default)"
+    )
+    p.add_argument(
+        "--ca-rescale",
+        choices=("alpha", "alpha_sq", "none"),
+        default=None,
+        help="rescale of the conflict-averse update (method default)",
+    )
     p.add_argument(
         "--template-l2",
         type=float,
         default=None,
         help="λ of (λ/2)‖W_S, W_T‖², shrinking experts to W_G (method default)",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/simulate"))
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/simulate"),
+        help="directory for results.json, results.md, report.html",
+    )
     p.add_argument("--plot", action="store_true", help="write auc_per_round.png")
     p.add_argument("--progress", action="store_true", help="progress bar per local epoch")
     p.add_argument(
@@ -81,6 +106,22 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
         "mean validation AUC is at least the served one's",
     )
     add_threads_flag(p)
+
+
+def add_method_flag(p: argparse.ArgumentParser, default: str = "pfmsmtrec") -> None:
+    """``--method`` (the one name, as in ``up`` and ``aggregator``); ``--strategy`` is still
+    accepted, unlisted, for scripts written before the rename."""
+    p.add_argument(
+        "--method",
+        dest="method",
+        default=default,
+        choices=METHODS,
+        help="federation method or baseline (docs/METHOD.md)",
+    )
+    p.add_argument(
+        "--strategy", dest="method", choices=METHODS, default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace):

@@ -71,7 +71,7 @@ def test_cli_prints_table_and_writes_reports(synth_dir, tmp_path, capsys):
             "simulate",
             "--data",
             str(synth_dir),
-            "--strategy",
+            "--method",
             "pfmsmtrec",
             "--rounds",
             "2",
@@ -103,7 +103,7 @@ def test_cli_prints_table_and_writes_reports(synth_dir, tmp_path, capsys):
 
 def test_cli_rejects_unknown_strategy(synth_dir, capsys):
     with pytest.raises(SystemExit):
-        main(["simulate", "--data", str(synth_dir), "--strategy", "fedmagic"])
+        main(["simulate", "--data", str(synth_dir), "--method", "fedmagic"])
     assert "invalid choice" in capsys.readouterr().err
 
 
@@ -119,7 +119,7 @@ def test_simulate_flags_reach_the_federation_config(tmp_path):
     assert (default.method, default.template_l2, default.mu) == ("pfmsmtrec", 3e-3, 1e-3)
     tuned = fed("--template-l2", "0.01", "--mu", "0.1", "--conflict", "pcgrad")
     assert (tuned.template_l2, tuned.mu, tuned.conflict) == (0.01, 0.1, "pcgrad")
-    assert fed("--strategy", "pfmsmtrec-no-shrink").template_l2 == 0.0
+    assert fed("--method", "pfmsmtrec-no-shrink").template_l2 == 0.0
 
 
 def test_aggregator_settings_and_simulate_flags_resolve_the_same_experiment(tmp_path):

@@ -79,7 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serving until Ctrl-C (or exits after training with --exit-after-training). Logs "
         "and state go to --run-dir; each run starts a fresh federation there.",
     )
-    p.add_argument("--run-dir", type=Path, default=Path("runs/up"), help="(default runs/up)")
+    p.add_argument(
+        "--run-dir", type=Path, default=Path("runs/up"), help="data, logs, state and secrets"
+    )
     p.add_argument(
         "--data",
         type=Path,
@@ -103,10 +105,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="federation method (default pfmsmtrec)",
     )
     p.add_argument("--preset", default="small", help="model preset (default small)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=None, help="client learning rate")
-    p.add_argument("--batch-size", type=int, default=None, help="client batch size")
-    p.add_argument("--local-epochs", type=int, default=None, help="local epochs per round")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the federation")
+    p.add_argument(
+        "--lr", type=float, default=None, help="client learning rate (default: the method's)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="client batch size (default: the method's)"
+    )
+    p.add_argument(
+        "--local-epochs",
+        type=int,
+        default=None,
+        help="local epochs per round (default: the method's)",
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="bind address of every service (default loopback)"
     )
