@@ -460,6 +460,7 @@ class Federation:
             if clean_timings:
                 client.client_timings = {**(client.client_timings or {}), **clean_timings}
             self.history.write()
+        self.hooks.evaluation_reported(round_number, scenario, clean)
         valid = clean.get("valid", {})
         log.info(
             "round %d: %s evaluated its personalized model: valid AUC %s",

@@ -69,5 +69,8 @@ class FederationMetrics:
         self.round_duration.observe(record.duration_seconds)
         self.aggregation.observe(record.aggregation_seconds)
 
+    def evaluation_reported(self, round_number: int, scenario: str, evals: dict) -> None:
+        pass  # evaluations are in /v1/rounds, not in Prometheus
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from aggregator.checkpoint import CheckpointStore
 from aggregator.closing import CloseFailure
 from aggregator.federation import Federation
+from aggregator.hooks import Hooks
 from aggregator.metrics import FederationMetrics
 from aggregator.service import CallLimits, FederationServicer
 from aggregator.settings import AggregatorSettings
@@ -87,7 +88,7 @@ def server_credentials(settings: AggregatorSettings) -> grpc.ServerCredentials |
 
 
 def build_federation(
-    settings: AggregatorSettings, metrics: FederationMetrics | None = None
+    settings: AggregatorSettings, metrics: Hooks | None = None
 ) -> tuple[Federation, TokenTable]:
     tokens = load_tokens(settings.tokens_file, settings.tokens)
     if not tokens and not settings.insecure_dev:
@@ -125,7 +126,16 @@ class Aggregator:
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.metrics = FederationMetrics()
-        self.federation, self.tokens = build_federation(settings, self.metrics)
+        self.tracking = None
+        hooks = self.metrics
+        if settings.tensorboard is not None:
+            from aggregator.tracking import TensorBoardHooks
+            from servicekit.tracking import TensorBoardTracker
+
+            hooks = self.tracking = TensorBoardHooks(
+                self.metrics, TensorBoardTracker(settings.tensorboard)
+            )
+        self.federation, self.tokens = build_federation(settings, hooks)
         self.metrics.bind(self.federation)
         self.credentials = server_credentials(settings)
         self.stop_event = threading.Event()
@@ -242,6 +252,8 @@ class Aggregator:
             self.status.stop()
         if self.controller is not None:
             self.controller.join(timeout=5)
+        if self.tracking is not None:
+            self.tracking.close()
         return self.exit_code
 
 

@@ -113,6 +113,11 @@ class AggregatorSettings(ServiceSettings):
         Path("runs/aggregator"), description="checkpoints and round history (resumed on start)"
     )
     keep_checkpoints: int = Field(3, description="checkpoints kept (older ones are pruned)")
+    tensorboard: Path | None = Field(
+        None,
+        description="directory for TensorBoard event files: per round AUC per scenario × task, "
+        "loss, bytes, personalization weights (unset: none written)",
+    )
 
     # --------------------------------------------------------------------- security
     tokens_file: Path | None = Field(None, description="YAML/JSON mapping scenario → bearer token")

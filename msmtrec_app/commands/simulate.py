@@ -91,6 +91,13 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
         help="directory for results.json, results.md, report.html",
     )
     p.add_argument("--plot", action="store_true", help="write auc_per_round.png")
+    p.add_argument(
+        "--tensorboard",
+        type=Path,
+        default=None,
+        help="directory for TensorBoard event files: per round AUC per scenario × task, "
+        "loss, seconds, personalization weights",
+    )
     p.add_argument("--progress", action="store_true", help="progress bar per local epoch")
     p.add_argument(
         "--publish-to",
@@ -167,5 +174,28 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(result, args.out, plot=args.plot)
     results = json.loads(paths["json"].read_text())  # exactly what results.json says
     paths["html"] = write_static_report(results, args.out / "report.html")
+    if args.tensorboard is not None:
+        write_tensorboard(results, args.tensorboard)
+        paths["tensorboard"] = args.tensorboard
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def write_tensorboard(results: dict, logdir: Path) -> None:
+    """A finished run's history (results.json's) as TensorBoard event files, one step per
+    round (tags: servicekit.tracking)."""
+    from servicekit.tracking import TensorBoardTracker
+
+    tracker = TensorBoardTracker(logdir)
+    try:
+        for rec in results["history"]:
+            step = rec["round"]
+            for split in ("valid", "test"):
+                for scenario, per_task in (rec.get(split) or {}).items():
+                    tracker.auc(step, split, scenario, per_task)
+            for scenario, loss in (rec.get("train_loss") or {}).items():
+                tracker.scalar(f"loss/train/{scenario}", loss, step)
+            tracker.scalar("seconds/round", rec.get("seconds"), step)
+            tracker.personalization(step, rec.get("personalization"))
+    finally:
+        tracker.close()

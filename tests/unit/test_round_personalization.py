@@ -86,3 +86,44 @@ def test_an_old_record_without_the_field_still_reads():
     rec = RoundRecord.model_json_schema()
     assert "personalization" in rec["properties"]
     assert "personalization" not in rec.get("required", [])
+
+
+def test_aggregator_tensorboard_event_files(tmp_path):
+    """--tensorboard: the round's bytes, loss and personalization at its close; each
+    scenario's AUC when its client reports the evaluation."""
+    from helpers.tensorboard import read_scalars
+
+    from aggregator.hooks import NoHooks
+    from aggregator.tracking import TensorBoardHooks
+    from servicekit.tracking import TensorBoardTracker
+
+    hooks = TensorBoardHooks(NoHooks(), TensorBoardTracker(tmp_path / "tb"))
+    fed = Federation(
+        FederationSpec(rounds=2), ["A", "B"], CheckpointStore(tmp_path / "c"), min_clients=2,
+        start_wait=0, hooks=hooks,
+    )  # fmt: skip
+    record = _close_one_round(fed)
+    evals = {"valid": {"ctr": {"auc": 0.61, "logloss": 0.4, "n": 10, "positives": 2}}}
+    fed.report_metrics("B", 1, evals, {})
+    hooks.close()
+    scalars = read_scalars(tmp_path / "tb")
+    assert scalars["bytes/in"] == {1: float(record.bytes_in)}
+    assert scalars["loss/train/A"] == {1: pytest.approx(0.5)}
+    assert scalars["auc/valid/B/ctr"] == {1: pytest.approx(0.61)}
+    learn = record.personalization.learn_from
+    part = "experts" if learn.experts else "towers"
+    rows = getattr(learn, part)
+    assert scalars[f"learn_from/{part}/A/B"] == {1: pytest.approx(rows["A"]["B"], abs=1e-6)}
+
+
+def test_aggregator_tensorboard_setting_is_a_flag_and_a_variable(monkeypatch, tmp_path):
+    from aggregator.settings import AggregatorSettings
+    from msmtrec_app.cli import build_parser
+    from servicekit.settings import load_settings, overrides_from_args
+
+    monkeypatch.setenv("MSMTREC_AGGREGATOR_TENSORBOARD", str(tmp_path / "env"))
+    base = {"insecure_dev": True, "scenarios": ["A"]}
+    assert load_settings(AggregatorSettings, None, base).tensorboard == tmp_path / "env"
+    args = build_parser().parse_args(["aggregator", "--tensorboard", str(tmp_path / "flag")])
+    flags = overrides_from_args(args)
+    assert load_settings(AggregatorSettings, None, base | flags).tensorboard == tmp_path / "flag"

@@ -82,6 +82,8 @@ def test_cli_prints_table_and_writes_reports(synth_dir, tmp_path, capsys):
             "--plot",
             "--threads",
             "1",
+            "--tensorboard",
+            str(tmp_path / "tb"),
         ]
     )
     assert code == 0
@@ -99,6 +101,18 @@ def test_cli_prints_table_and_writes_reports(synth_dir, tmp_path, capsys):
     assert 'src="' not in html and 'href="http' not in html and "@import" not in html
     embedded = html.split("window.MSMTREC_REPORT = ", 1)[1].split(";</script>", 1)[0]
     assert json.loads(embedded)["history"] == json.loads(json.dumps(report["history"]))
+    # --tensorboard: every scenario × task AUC, the loss and the personalization per round
+    from helpers.tensorboard import read_scalars
+
+    scalars = read_scalars(tmp_path / "tb")
+    for s in ("ES", "FR", "NL"):
+        for task in ("ctr", "ctcvr"):
+            got = scalars[f"auc/valid/{s}/{task}"]
+            want = {r["round"]: r["valid"][s][task]["auc"] for r in report["history"]}
+            assert got == pytest.approx(want, abs=1e-6)
+        assert set(scalars[f"loss/train/{s}"]) == {1, 2}
+    assert any(t.startswith("learn_from/") for t in scalars)
+    assert any(t.startswith("personalization/a/") for t in scalars)
 
 
 def test_cli_rejects_unknown_strategy(synth_dir, capsys):
