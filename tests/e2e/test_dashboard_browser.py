@@ -27,6 +27,7 @@ from helpers.browser import (
 from helpers.processes import free_port, wait_until
 
 from aggregator.checkpoint import CheckpointStore
+from aggregator.dashboard import write_static_report
 from aggregator.federation import Federation
 from aggregator.rounds import Phase
 from aggregator.status_api import StatusServer, create_app
@@ -158,5 +159,18 @@ def test_simulate_writes_a_static_report_that_renders_offline(tmp_path):
         save_artifact(driver, tmp_path, "simulate_report.png")
         urls = requested_urls(driver)
         errors = console_errors(driver)
+        assert not driver.find_element("id", "epsilon").is_displayed()  # no privacy: no ε
+        # a run with differential privacy records ε per round (history[].epsilon): shown
+        for i, rec in enumerate(results["history"]):
+            rec["epsilon"] = {s: 0.5 * (i + 1) + 0.1 * j for j, s in enumerate(SCENARIOS)}
+        private = tmp_path / "private.html"
+        write_static_report(results, private)
+        driver.get(private.as_uri())
+        wait_until(lambda: driver.find_element("id", "epsilon").is_displayed(), 30, "ε badge")
+        last = results["history"][-1]["epsilon"]
+        assert driver.find_element("id", "epsilon").text == f"ε spent {max(last.values()):.3f}"
+        head = driver.find_element("css selector", "#rounds-table thead").text
+        assert "ε" in head
+        errors += console_errors(driver)
     assert [u for u in urls if not u.startswith(("file:", "data:"))] == []
     assert errors == []
