@@ -17,6 +17,7 @@ from typing import Any
 
 from msmtrec.data.dataset import ScenarioSplits
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
+from msmtrec.device import host_tensors
 from msmtrec.federation.client import ClientRuntime
 from msmtrec.federation.config import FederationConfig, ResolvesExperiment
 from msmtrec.federation.methods import get_method
@@ -45,6 +46,10 @@ class SimulationConfig(ResolvesExperiment):
     # (the only rounds per-scenario selection reads; the others record None and no mean).
     # Saves the test pass of most rounds in long benchmark grids.
     lazy_test: bool = False
+    # Where the clients train (auto, cpu, cuda[:N]) and in what precision (fp32, bf16); local
+    # to this run, not part of the experiment protocol: what is aggregated is CPU float32.
+    device: str = "cpu"
+    precision: str = "fp32"
 
 
 def per_scenario_selection(history: list[RoundRecord]) -> dict[str, dict[str, Any]]:
@@ -186,11 +191,14 @@ def _run_federated(
     on_round: Callable[[int, dict[str, ClientRuntime]], None] | None,
 ) -> list[RoundRecord]:
     clients = {
-        s: ClientRuntime(s, sp, model_cfg, fed, config.train, config.seed)
+        s: ClientRuntime(
+            s, sp, model_cfg, fed, config.train, config.seed,
+            device=config.device, precision=config.precision,
+        )  # fmt: skip
         for s, sp in sorted(splits.items())
     }
     first = next(iter(clients.values()))
-    strategy = Strategy(fed, first.model.state_dict())
+    strategy = Strategy(fed, host_tensors(first.model.state_dict()))
     for s, c in clients.items():
         c.receive(strategy.payload(s), completed_rounds=0)
     tasks = first.model.tasks

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from msmtrec.data.dataset import ScenarioSplits
+from msmtrec.device import host_tensors, resolve_device
 from msmtrec.federation.config import FederationConfig
 from msmtrec.federation.groups import Group, classify, signature
 from msmtrec.federation.methods import get_method
@@ -55,14 +56,19 @@ class ClientRuntime:
         train_config: TrainConfig | None = None,
         seed: int = 0,
         model: MultiTaskMMoE | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
     ) -> None:
         self.scenario = scenario
         self.splits = splits
         self.federation = federation
         self.seed = seed
+        self.device = resolve_device(device)
         # Same seed everywhere → every client and the server share the initial shared tensors.
-        self.model = model or build_model(splits.schema, model_config, seed)
-        self.trainer = Trainer(self.model, train_config)
+        model = model or build_model(splits.schema, model_config, seed)
+        self.model = model.to(self.device)
+        self.trainer = Trainer(self.model, train_config, precision=precision)
         self.groups = federation.parameter_groups()
         state = self.model.state_dict()
         self.groups.check_model(state)
@@ -91,8 +97,9 @@ class ClientRuntime:
         return signature(self.model.state_dict(), self.sent_names)
 
     def shared_state(self) -> Tensors:
+        """θ^end of the tensors that leave the client: CPU float32 copies (the wire form)."""
         state = self.model.state_dict()
-        return {n: state[n].detach().clone() for n in self.sent_names}
+        return host_tensors({n: state[n] for n in self.sent_names})
 
     def receive(
         self, payload: Mapping[str, torch.Tensor], completed_rounds: int | None = None
@@ -109,7 +116,7 @@ class ClientRuntime:
                 if state[n].shape != t.shape:
                     raise ValueError(f"{n}: shape {tuple(t.shape)} != {tuple(state[n].shape)}")
                 state[n].copy_(t)
-        self.anchor = {n: t.detach().clone() for n, t in payload.items()}
+        self.anchor = {n: t.detach().to(self.device, copy=True) for n, t in payload.items()}
         self.completed_rounds = completed_rounds
         self.hooks.after_receive(self)
 
@@ -130,7 +137,7 @@ class ClientRuntime:
         if split not in data:
             raise ValueError(f"unknown split {split!r}")
         model = self.evaluated_model()
-        trainer = self.trainer if model is self.model else Trainer(model, self.trainer.config)
+        trainer = self.trainer if model is self.model else self.trainer.for_model(model)
         return trainer.evaluate(data[split])
 
     def evaluated_model(self) -> MultiTaskMMoE:
@@ -139,10 +146,11 @@ class ClientRuntime:
         return self.hooks.evaluated_model(self)
 
     def full_state(self) -> dict[str, torch.Tensor]:
-        """The model's state_dict plus the method's extra local state (prefixed names)."""
-        state = {n: t.detach().clone() for n, t in self.model.state_dict().items()}
+        """The model's state_dict plus the method's extra local state (prefixed names), as
+        CPU float32 copies whatever the device (what a local checkpoint holds)."""
+        state = dict(self.model.state_dict())
         state.update(self.hooks.extra_state(self))
-        return state
+        return host_tensors(state)
 
     def load_full_state(self, state: Mapping[str, Any]) -> None:
         prefix = self.hooks.state_prefix

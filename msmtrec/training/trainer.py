@@ -13,12 +13,19 @@ and template shrinkage) are not added to the loss: their gradients ``μ(θ − �
 linear, so they are folded into each group's L2 weight decay (``wd + μ + λ``) with ``−μ·θ_start``
 added to the gradient — the same objective and gradient, without two extra autograd passes
 over tens of millions of weights per step.
+
+Devices (issue #17): the trainer runs wherever its model's parameters are. On CUDA each batch
+is gathered on the CPU into one of two pinned buffers and copied asynchronously
+(:class:`DeviceBatches`), the loss is summed on the device (no host sync per step), and
+evaluation runs in device batches. ``precision="bf16"`` runs forward and backward under
+autocast; the parameters, the optimizer state and the loss stay float32. On the CPU in float32
+every step is the same computation as before, bit for bit.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from msmtrec.data.dataset import ScenarioData
+from msmtrec.device import autocast, check_precision, model_device
 from msmtrec.model.mmoe import MultiTaskMMoE
 from msmtrec.training.config import TrainConfig
 from msmtrec.training.metrics import TaskMetrics, evaluate_predictions
@@ -55,9 +63,60 @@ class TensorData:
         return len(self.labels)
 
 
+class DeviceBatches:
+    """Batches for a CUDA model: rows gathered on the CPU into pinned buffers and copied to the
+    device with ``non_blocking=True``, so the copy of one batch overlaps the compute of the
+    one before. Two buffers alternate; before a buffer is refilled, the event recorded after
+    its last copy is waited on (the copy must have read it), which is the only host wait."""
+
+    SLOTS = 2
+
+    def __init__(self, td: TensorData, device: torch.device, rows: int) -> None:
+        self.td, self.device = td, device
+        rows = max(1, min(rows, len(td)))
+        self.buffers = [
+            tuple(
+                torch.empty((rows, *t.shape[1:]), dtype=t.dtype).pin_memory()
+                for t in (td.categorical, td.numerical, td.labels)
+            )
+            for _ in range(self.SLOTS)
+        ]
+        self.events: list[torch.cuda.Event | None] = [None] * self.SLOTS
+        self.turn = 0
+
+    def _stage(
+        self, fill: Callable[[torch.Tensor, torch.Tensor, int], object], m: int
+    ) -> tuple[torch.Tensor, ...]:
+        slot = self.turn
+        self.turn = (self.turn + 1) % self.SLOTS
+        event = self.events[slot]
+        if event is not None:
+            event.synchronize()
+        sources = (self.td.categorical, self.td.numerical, self.td.labels)
+        out = []
+        for buf, src in zip(self.buffers[slot], sources, strict=True):
+            view = buf[:m]
+            fill(src, view, m)
+            out.append(view.to(self.device, non_blocking=True))
+        event = torch.cuda.Event()
+        event.record()
+        self.events[slot] = event
+        return tuple(out)
+
+    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Rows ``idx`` (a CPU index tensor) as device tensors (categorical, numerical, labels)."""
+        return self._stage(lambda src, view, m: torch.index_select(src, 0, idx, out=view), len(idx))
+
+    def slice(self, lo: int, hi: int) -> tuple[torch.Tensor, ...]:
+        """Rows ``lo:hi`` as device tensors."""
+        return self._stage(lambda src, view, m: view.copy_(src[lo:hi]), hi - lo)
+
+
 class FusedAdam:
-    """``torch.optim.Adam`` (L2 weight decay, no amsgrad) as torch's fused CPU kernel,
+    """``torch.optim.Adam`` (L2 weight decay, no amsgrad) as torch's fused kernel,
     ``torch._fused_adam_``, called once per parameter group with that group's weight decay.
+    The same kernel runs on CPU and CUDA tensors; the step counters live on the parameters'
+    device, as torch's fused Adam keeps them.
 
     Bit-identical to ``torch.optim.Adam(..., fused=True)`` (tests/unit/test_trainer.py), but built
     without ``torch.optim.Optimizer``: its constructor imports ``torch._dynamo`` on first use,
@@ -97,7 +156,7 @@ class FusedAdam:
                     st = self.state[p] = (
                         torch.zeros_like(p, memory_format=torch.preserve_format),
                         torch.zeros_like(p, memory_format=torch.preserve_format),
-                        torch.tensor(0.0, dtype=torch.float32),
+                        torch.zeros((), dtype=torch.float32, device=p.device),
                     )
                 ps.append(p)
                 grads.append(p.grad)
@@ -121,15 +180,20 @@ def make_optimizer(
     weight_decay: float,
 ) -> FusedAdam | torch.optim.Adam:
     """Adam over ``params`` (plain parameters, or ``(parameters, weight_decay)`` groups); the
-    fused kernel when this torch has it (CPU parameters), else ``torch.optim.Adam``."""
+    fused kernel when this torch has it (float32 parameters on the CPU or on CUDA, all on
+    one device), else ``torch.optim.Adam``."""
     items = list(params)
     groups = (
         [(list(g), float(wd)) for g, wd in items]
         if items and isinstance(items[0], tuple)
         else [(items, float(weight_decay))]
     )
-    fused_ok = hasattr(torch, "_fused_adam_") and all(
-        p.device.type == "cpu" and p.dtype == torch.float32 for g, _ in groups for p in g
+    devices = {p.device for g, _ in groups for p in g}
+    fused_ok = (
+        hasattr(torch, "_fused_adam_")
+        and len(devices) <= 1
+        and all(d.type in ("cpu", "cuda") for d in devices)
+        and all(p.dtype == torch.float32 for g, _ in groups for p in g)
     )
     if fused_ok:
         return FusedAdam(groups, lr=lr)
@@ -161,11 +225,24 @@ def penalty_groups(
 class Trainer:
     """Fits and evaluates one model; the regularizer (μ/2)‖θ_shared − θ_start‖² anchors the
     tensors that leave the client to where the round started (PF-MSMTrec §6, FedProx), and
-    ``shrink`` {name: λ} adds (λ/2)‖θ‖² on chosen tensors (the template's specific parts)."""
+    ``shrink`` {name: λ} adds (λ/2)‖θ‖² on chosen tensors (the template's specific parts).
 
-    def __init__(self, model: MultiTaskMMoE, config: TrainConfig | None = None) -> None:
+    It trains where ``model``'s parameters are (move the model, not the trainer);
+    ``precision`` is ``fp32`` or ``bf16`` (autocast, float32 master weights)."""
+
+    def __init__(
+        self, model: MultiTaskMMoE, config: TrainConfig | None = None, *, precision: str = "fp32"
+    ) -> None:
         self.model = model
         self.config = config or TrainConfig()
+        self.precision = check_precision(precision)
+
+    def for_model(self, model: MultiTaskMMoE) -> Trainer:
+        """A trainer of another model with this one's settings, the model moved to this
+        trainer's device (a method's personal or fine-tuned copy)."""
+        return Trainer(
+            model.to(model_device(self.model)), self.config, precision=self.precision
+        )
 
     @staticmethod
     def _tensors(data: ScenarioData) -> TensorData:
@@ -226,6 +303,8 @@ class Trainer:
         td = self._tensors(data)
         n = len(td)
         model = self.model
+        device = model_device(model)
+        feed = DeviceBatches(td, device, cfg.batch_size) if device.type == "cuda" else None
         model.train()
         torch.manual_seed(seed)  # dropout; the permutation has its own generator below
         gen = torch.Generator().manual_seed(seed)
@@ -235,7 +314,9 @@ class Trainer:
         anchored_refs = [ref for _, ref in anchored]
         penalized = [p for g, wd in groups if wd != cfg.weight_decay for p in g]
         start = time.perf_counter()
-        total_loss, steps, seen = 0.0, 0, 0
+        # float64 on the device: the same sum as adding Python floats, without a host sync
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        steps, seen = 0, 0
         bar = tqdm(
             total=epochs * n,
             desc=desc,
@@ -250,8 +331,14 @@ class Trainer:
                 idx = perm[lo : lo + cfg.batch_size]
                 if len(idx) < 2:  # BatchNorm cannot normalise a single row
                     continue
-                logits = model(td.categorical[idx], td.numerical[idx])
-                task_loss = F.binary_cross_entropy_with_logits(logits, td.labels[idx].float())
+                if feed is None:
+                    cat, num, labels = td.categorical[idx], td.numerical[idx], td.labels[idx]
+                else:
+                    cat, num, labels = feed.gather(idx)
+                with autocast(device, self.precision):
+                    logits = model(cat, num)
+                # the loss in float32 whatever the autocast dtype (a no-op in fp32)
+                task_loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
                 optimizer.zero_grad(set_to_none=True)
                 task_loss.backward()
                 for p in penalized:  # a penalty alone still moves an unused parameter
@@ -260,30 +347,38 @@ class Trainer:
                 if anchored:  # the proximal term's constant part; the rest is weight decay
                     torch._foreach_add_([p.grad for p in anchored_params], anchored_refs, alpha=-mu)
                 optimizer.step()
-                total_loss += float(task_loss.detach()) * len(idx)
+                total_loss += task_loss.detach().double() * len(idx)
                 steps += 1
                 seen += len(idx)
                 bar.update(len(idx))
         bar.close()
+        loss = float(total_loss) / max(seen, 1)  # on CUDA: waits for the last step
         return FitResult(
-            num_samples=n,
-            steps=steps,
-            loss=total_loss / max(seen, 1),
-            seconds=time.perf_counter() - start,
+            num_samples=n, steps=steps, loss=loss, seconds=time.perf_counter() - start
         )
 
     @torch.inference_mode()
     def predict(self, data: ScenarioData) -> np.ndarray:
-        """Probabilities (n, T) in task order."""
+        """Probabilities (n, T) float32 in task order, computed in batches of
+        ``eval_batch_size`` on the model's device (one copy back at the end)."""
         td = self._tensors(data)
         self.model.eval()
+        device = model_device(self.model)
+        size = self.config.eval_batch_size
+        feed = DeviceBatches(td, device, size) if device.type == "cuda" else None
         out = []
-        for lo in range(0, len(td), self.config.eval_batch_size):
-            sl = slice(lo, lo + self.config.eval_batch_size)
-            out.append(torch.sigmoid(self.model(td.categorical[sl], td.numerical[sl])))
+        for lo in range(0, len(td), size):
+            hi = min(lo + size, len(td))
+            if feed is None:
+                cat, num = td.categorical[lo:hi], td.numerical[lo:hi]
+            else:
+                cat, num, _ = feed.slice(lo, hi)
+            with autocast(device, self.precision):
+                logits = self.model(cat, num)
+            out.append(torch.sigmoid(logits.float()))
         if not out:
             return np.zeros((0, len(self.model.tasks)), dtype=np.float32)
-        return torch.cat(out).numpy()
+        return torch.cat(out).cpu().numpy()
 
     def evaluate(self, data: ScenarioData) -> dict[str, TaskMetrics]:
         return evaluate_predictions(data.labels, self.predict(data), self.model.tasks)
