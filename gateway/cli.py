@@ -22,13 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1)")
     p.add_argument("--workers", type=int, default=None, help="inference threads, 0 = inline (2)")
     p.add_argument("--engine", choices=("compiled", "eager"), default=None)
+    p.add_argument(
+        "--device", default=None, help="auto, cpu, cuda or cuda:N: where the engine runs (cpu)"
+    )
     p.add_argument("--schema-file", type=Path, default=None, help="JSON feature schema")
     p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=run)
 
 
 SETTING_FLAGS = ("registry", "host", "port", "max_batch", "poll_interval", "threads", "workers",
-                 "engine", "schema_file", "log_level")  # fmt: skip
+                 "engine", "device", "schema_file", "log_level")  # fmt: skip
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -48,10 +51,12 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from gateway.app import create_app
+    from msmtrec.device import resolve_device
     from servicekit.http_limits import BoundedHttpToolsProtocol
 
     try:
         settings = settings_from_args(args)
+        resolve_device(settings.device)  # CUDA asked for where there is none: exit 2, now
     except (ValidationError, ValueError) as exc:
         print(f"msmtrec gateway: invalid settings: {exc}")
         return 2

@@ -192,9 +192,15 @@ def _run_federated(
 ) -> list[RoundRecord]:
     clients = {
         s: ClientRuntime(
-            s, sp, model_cfg, fed, config.train, config.seed,
-            device=config.device, precision=config.precision,
-        )  # fmt: skip
+            s,
+            sp,
+            model_cfg,
+            fed,
+            config.train,
+            config.seed,
+            device=config.device,
+            precision=config.precision,
+        )
         for s, sp in sorted(splits.items())
     }
     first = next(iter(clients.values()))

@@ -39,6 +39,7 @@ from msmtrec.codec import (
     encode,
     signature_of,
 )
+from msmtrec.device import device_name
 from msmtrec.faults import fault_point
 from msmtrec.federation.client import ClientRuntime
 from msmtrec.spec import FederationSpec
@@ -169,8 +170,9 @@ class ScenarioClient:
         except (DataValidationError, FileNotFoundError) as exc:
             raise DataError(f"cannot load this scenario's data: {exc}") from None
         self.runtime = ClientRuntime(
-            self.scenario, splits, spec.model_config(), spec.federation(), spec.train, spec.seed
-        )
+            self.scenario, splits, spec.model_config(), spec.federation(), spec.train, spec.seed,
+            device=self.settings.device, precision=self.settings.precision,
+        )  # fmt: skip
         self.signature = signature_of(self.runtime.shared_state(), self.runtime.sent_names)
         # (No optimizer warm-up: the Trainer's fused Adam does not import torch._dynamo.)
         self.meta = StateMeta(self.scenario, self.spec_digest)
@@ -185,9 +187,10 @@ class ScenarioClient:
             )  # fmt: skip
         log.info(
             "%s: %d train / %d valid / %d test rows; method %s, preset %s, %d rounds; "
-            "shared parameters %.2f MB",
+            "shared parameters %.2f MB; training on %s in %s",
             self.scenario, len(splits.train), len(splits.valid), len(splits.test), spec.method,
             spec.preset, spec.rounds, sum(s.nbytes for s in self.signature) / 1e6,
+            device_name(self.runtime.device), self.settings.precision,
         )  # fmt: skip
 
     def _join(self) -> pb.RoundStatus:

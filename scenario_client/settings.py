@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from msmtrec.device import DEVICE_HELP, PRECISION_HELP, check_device
 from servicekit.settings import NO_CLI, ServiceSettings
 
 
@@ -64,6 +65,8 @@ class ClientSettings(ServiceSettings):
     backoff_max_seconds: float = Field(10.0, description="largest retry delay (with jitter)")
 
     threads: int | None = Field(None, description="torch intra-op threads")
+    device: str = Field("auto", description=f"where the model trains: {DEVICE_HELP}")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description=PRECISION_HELP)
     progress: bool = Field(False, description="progress bar during local training")
     log_level: str = Field("INFO", description="logging level")
 
@@ -76,6 +79,11 @@ class ClientSettings(ServiceSettings):
         if v <= 0:
             raise ValueError("must be > 0")
         return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
 
     def resolved_state_dir(self) -> Path:
         return self.state_dir or Path("runs/client") / self.scenario

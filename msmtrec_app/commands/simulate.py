@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_simulation_args(p: argparse.ArgumentParser) -> None:
-    from msmtrec_app.cli import add_threads_flag, existing_dir
+    from msmtrec_app.cli import add_device_flags, add_threads_flag, existing_dir
 
     p.add_argument(
         "--data",
@@ -80,6 +80,7 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
         "mean validation AUC is at least the served one's",
     )
     add_threads_flag(p)
+    add_device_flags(p)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -104,13 +105,20 @@ def config_from_args(args: argparse.Namespace):
         model_overrides=model_overrides,
         federation_overrides=fed_overrides,
         progress=args.progress,
+        device=getattr(args, "device", "cpu"),
+        precision=getattr(args, "precision", "fp32"),
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    from msmtrec.device import device_name, resolve_device
     from msmtrec.simulation import run_simulation, write_report
+    from msmtrec_app.cli import check_device_available
 
+    if not check_device_available(args.device, "simulate"):
+        return 2
     config = config_from_args(args)
+    print(f"clients train on {device_name(resolve_device(config.device))} in {config.precision}")
     on_round = None
     if args.publish_to is not None:
         from msmtrec.registry import publisher_for_simulation

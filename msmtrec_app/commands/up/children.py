@@ -66,6 +66,8 @@ def build_children(
             "--backoff-initial-seconds", "0.2", "--backoff-max-seconds", "1",
             "--reconnect-timeout-seconds", str(args.startup_timeout),
         ]  # fmt: skip
+        client += ["--device", getattr(args, "device", "cpu")]
+        client += ["--precision", getattr(args, "precision", "fp32")]
         if args.tls:
             client += ["--ca-cert", str(secrets["tls:ca.pem"])]
         children.append(_child(f"client {s}", "client", client, logs / f"client-{s}.log"))
@@ -73,6 +75,7 @@ def build_children(
         "gateway", "--registry", str(run_dir / "registry"),
         "--host", args.host, "--port", str(ep.ports["gateway"]),
         "--poll-interval", "0.5", "--threads", threads, "--workers", "1",
+        "--device", getattr(args, "gateway_device", "cpu"),
     ]  # fmt: skip
     children.append(_child("gateway", "gateway", gateway, logs / "gateway.log"))
     return children
