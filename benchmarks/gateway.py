@@ -332,9 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         del served, compiled
 
         port = free_port()
-        proc = start_gateway(
-            registry, port, args.threads, args.workers, args.engine, args.device
-        )
+        proc = start_gateway(registry, port, args.threads, args.workers, args.engine, args.device)
         runs: list[RunResult] = []
         try:
             cpu_server = {}
