@@ -240,9 +240,7 @@ class Trainer:
     def for_model(self, model: MultiTaskMMoE) -> Trainer:
         """A trainer of another model with this one's settings, the model moved to this
         trainer's device (a method's personal or fine-tuned copy)."""
-        return Trainer(
-            model.to(model_device(self.model)), self.config, precision=self.precision
-        )
+        return Trainer(model.to(model_device(self.model)), self.config, precision=self.precision)
 
     @staticmethod
     def _tensors(data: ScenarioData) -> TensorData:
@@ -353,9 +351,7 @@ class Trainer:
                 bar.update(len(idx))
         bar.close()
         loss = float(total_loss) / max(seen, 1)  # on CUDA: waits for the last step
-        return FitResult(
-            num_samples=n, steps=steps, loss=loss, seconds=time.perf_counter() - start
-        )
+        return FitResult(num_samples=n, steps=steps, loss=loss, seconds=time.perf_counter() - start)
 
     @torch.inference_mode()
     def predict(self, data: ScenarioData) -> np.ndarray:
