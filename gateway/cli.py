@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_from_args(args)
-        resolve_device(settings.device)  # CUDA asked for where there is none: exit 2, now
+        resolve_device(settings.device, "device (MSMTREC_GATEWAY_DEVICE)")  # CUDA asked for where there is none: exit 2, now
     except (ValidationError, ValueError) as exc:
         print(f"msmtrec gateway: invalid settings: {exc}")
         return 2
