@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_from_args(args)
-        resolve_device(settings.device, "device (MSMTREC_GATEWAY_DEVICE)")  # CUDA asked for where there is none: exit 2, now
+        # CUDA asked for where there is none: exit 2 now, not at the first load
+        resolve_device(settings.device, "device (MSMTREC_GATEWAY_DEVICE)")
     except (ValidationError, ValueError) as exc:
         print(f"msmtrec gateway: invalid settings: {exc}")
         return 2
