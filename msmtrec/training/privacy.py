@@ -49,6 +49,7 @@ __all__ = [
     "calibrate_noise",
     "freeze_batchnorm",
     "per_sample_grad_norms",
+    "steps_per_epoch",
 ]
 
 ACCOUNTANT = "opacus-rdp"
@@ -154,9 +155,7 @@ class _Capture:
     shared_input: bool = False
 
 
-def _trained_modules(
-    model: nn.Module, params: Mapping[str, nn.Parameter]
-) -> list[_Capture]:
+def _trained_modules(model: nn.Module, params: Mapping[str, nn.Parameter]) -> list[_Capture]:
     """The modules holding the trained parameters; a trained parameter of a module type
     whose per-sample norm is unknown here is an error (it would escape the clipping)."""
     trained = {id(p) for p in params.values()}
@@ -332,6 +331,12 @@ class DPSGD:
         return loss_value
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Private steps of one epoch: as many as the plain path's batches, ⌈n / batch⌉ (each
+    batch is a Poisson sample of expected size ``batch_size``)."""
+    return max(1, math.ceil(n / batch_size))
+
+
 class PrivateTraining:
     """A client's DP-SGD state: the noise multiplier, the secret generator of sampling and
     noise, and the accountant of every private step taken on the model it trains.
@@ -373,7 +378,7 @@ class PrivateTraining:
         return min(1.0, self.batch_size / max(n, 1))
 
     def steps_per_epoch(self, n: int) -> int:
-        return max(1, math.ceil(n / self.batch_size))
+        return steps_per_epoch(n, self.batch_size)
 
     def sample(self, n: int) -> torch.Tensor:
         """Poisson sampling: each of ``n`` rows independently with the sampling rate."""
