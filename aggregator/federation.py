@@ -772,6 +772,12 @@ class Federation:
             },
             "state_checksum": strategy_digest,
             "clients": clients,
+            # ε each private client has spent so far (its own report; docs/PRIVACY.md)
+            "dp_epsilon": {
+                s.scenario: s.metrics["dp_epsilon"]
+                for s in submissions
+                if "dp_epsilon" in s.metrics
+            },
         }
 
     def _write_history(self) -> None:

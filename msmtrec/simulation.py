@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from msmtrec.federation.config import FederationConfig, ResolvesExperiment
 from msmtrec.federation.methods import get_method
 from msmtrec.federation.strategy import Strategy
 from msmtrec.model.config import ModelConfig
+from msmtrec.training.config import PrivacyConfig
 from msmtrec.training.metrics import TaskMetrics, mean_auc
 from msmtrec.training.trainer import TrainConfig
 
@@ -41,6 +42,9 @@ class SimulationConfig(ResolvesExperiment):
     model_overrides: dict[str, Any] = field(default_factory=dict)
     federation_overrides: dict[str, Any] = field(default_factory=dict)
     progress: bool = False
+    # record-level DP of every client's training (docs/PRIVACY.md); the budget covers
+    # `rounds`. The simulation seeds the noise from `seed` unless privacy sets its own.
+    privacy: PrivacyConfig | None = None
 
 
 @dataclass
@@ -52,6 +56,8 @@ class RoundRecord:
     test: dict[str, dict[str, TaskMetrics]]
     mean_valid_auc: float | None
     mean_test_auc: float | None
+    # ε spent so far per scenario (private training only)
+    epsilon: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -133,9 +139,10 @@ def round_line(rec: RoundRecord, total: int, tasks: tuple[str, ...]) -> str:
         per_task.append(f"{t} {_fmt(sum(vals) / len(vals) if vals else None)}")
     loss = sum(rec.train_loss.values()) / max(len(rec.train_loss), 1)
     scen = " ".join(f"{s}:{_fmt(mean_auc({s: rec.valid[s]}))}" for s in rec.valid)
+    eps = f"  max ε {max(rec.epsilon.values()):.3f}" if rec.epsilon else ""
     return (
         f"round {rec.round:>3}/{total}  loss {loss:.4f}  valid AUC {' '.join(per_task)}  "
-        f"mean {_fmt(rec.mean_valid_auc)}  [{scen}]  {rec.seconds:.1f}s"
+        f"mean {_fmt(rec.mean_valid_auc)}  [{scen}]  {rec.seconds:.1f}s{eps}"
     )
 
 
@@ -152,6 +159,11 @@ def run_simulation(
     model_cfg = config.model_config()
     runner = get_method(fed.method).pooled_runner
     if runner is not None:  # a pooled, non-federated reference (central methods)
+        if config.privacy is not None and config.privacy.enabled:
+            raise ValueError(
+                f"method {config.method!r} pools every scenario's data: differential privacy "
+                "of what leaves a client does not apply to it"
+            )
         history = runner(config, fed, model_cfg, splits, log)
     else:
         history = _run_federated(config, fed, model_cfg, splits, log, on_round)
@@ -171,6 +183,8 @@ def run_simulation(
         "valid_fraction": config.valid_fraction,
         "scenarios": list(splits),
     }
+    if config.privacy is not None and config.privacy.enabled:
+        cfg["privacy"] = config.privacy.to_dict()
     return SimulationResult(config.method, cfg, history, best.round)
 
 
@@ -189,8 +203,20 @@ def _run_federated(
     log: Log,
     on_round: Callable[[int, dict[str, ClientRuntime]], None] | None,
 ) -> list[RoundRecord]:
+    privacy = config.privacy
+    if privacy is not None and privacy.enabled and privacy.noise_seed is None:
+        privacy = replace(privacy, noise_seed=config.seed)  # reproducible research runs
     clients = {
-        s: ClientRuntime(s, sp, model_cfg, fed, config.train, config.seed)
+        s: ClientRuntime(
+            s,
+            sp,
+            model_cfg,
+            fed,
+            config.train,
+            config.seed,
+            privacy=privacy,
+            planned_rounds=config.rounds,
+        )
         for s, sp in sorted(splits.items())
     }
     first = next(iter(clients.values()))
@@ -213,6 +239,7 @@ def _run_federated(
         rec = RoundRecord(
             r, time.perf_counter() - start, losses, valid, test, mean_auc(valid), mean_auc(test)
         )
+        rec.epsilon = {s: c.privacy.epsilon for s, c in clients.items() if c.privacy is not None}
         history.append(rec)
         log(round_line(rec, config.rounds, tasks))
         if on_round is not None:

@@ -130,6 +130,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="longest wait for the next round to complete (default 300 s)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (1)")
+    from msmtrec.commands.simulate import add_privacy_args
+
+    add_privacy_args(p)  # handed to every client (each protects its own rows)
     p.add_argument("--verbose", action="store_true", help="stream every log line of every process")
     p.set_defaults(func=run)
 
@@ -532,6 +535,9 @@ class Up:
             ]  # fmt: skip
             if a.tls:
                 client += ["--ca-cert", str(secrets["tls:ca.pem"])]
+            for flag in ("epsilon", "delta", "max_grad_norm", "noise_multiplier", "noise_seed"):
+                if getattr(a, f"dp_{flag}", None) is not None:
+                    client += [f"--dp-{flag.replace('_', '-')}", str(getattr(a, f"dp_{flag}"))]
             self.children.append(Child(f"client {s}", "client", client, logs / f"client-{s}.log"))
         gateway = [
             "gateway", "--registry", str(run_dir / "registry"),
@@ -629,6 +635,10 @@ class Up:
                     f"{rec['duration_seconds']:.1f} s: {len(rec['participants'])}/"
                     f"{len(self.scenarios)} clients, {rec['bytes_in'] / 1e6:.1f} MB in, "
                     f"{rec['bytes_out'] / 1e6:.1f} MB out"
+                    + "".join(
+                        f"{', ε spent' if i == 0 else ''} {s} {e:.3f}"
+                        for i, (s, e) in enumerate(sorted((rec.get("dp_epsilon") or {}).items()))
+                    )
                 )
                 self._seen_rounds = rec["round"]
         if status["phase"] == "open" and status["round"] > self._announced_open:
@@ -822,6 +832,9 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.rows < 10:
         say("msmtrec up: --rounds must be >= 1 and --rows >= 10")
         return EXIT_USAGE
+    from msmtrec.commands.simulate import privacy_from_args
+
+    privacy_from_args(args)  # a bad --dp-* combination stops here, before any process starts
     up = Up(args, args.run_dir)
 
     def on_signal(signum: int, _frame: object) -> None:
