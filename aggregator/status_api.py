@@ -90,6 +90,11 @@ class RoundModel(BaseModel):
     )
     state_checksum: str
     clients: dict[str, RoundClient]
+    dp_epsilon: dict[str, float] | None = Field(
+        None,
+        description="differential privacy: ε each private client reports having spent so far "
+        "(scenario → ε; docs/PRIVACY.md)",
+    )
 
 
 class ClientModel(BaseModel):
