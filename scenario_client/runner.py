@@ -387,12 +387,11 @@ class ScenarioClient:
             encoded,
             update.num_samples,
             {
-                "train_loss": float(fit.loss),
-                "train_seconds": float(fit.seconds),
+                # train_loss (not with DP), train_seconds, and dp_epsilon spent so far, …
+                **{k: float(v) for k, v in self.runtime.round_metrics(fit).items()},
                 "steps": float(fit.steps),
                 "download_seconds": float(dl.seconds),
                 "eval_seconds": eval_seconds,  # incl. reporting and publishing
-                **self.runtime.privacy_metrics(),  # dp_epsilon spent so far, dp_delta, …
             },
         )
         log.info(

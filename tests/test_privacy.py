@@ -165,6 +165,7 @@ def test_noise_seeds_give_different_shared_updates(small_splits):
         update, _ = rt.train_round(1)
         shared.append(update.params)
         assert 0 < update.metrics["dp_epsilon"] <= 3.0
+        assert "train_loss" not in update.metrics  # a non-private function of the rows
     names = list(shared[0])
     assert any(not torch.equal(shared[0][n], shared[1][n]) for n in names)
     assert all(torch.equal(shared[0][n], shared[2][n]) for n in names)  # seeded: reproducible

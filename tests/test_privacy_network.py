@@ -60,6 +60,7 @@ def test_epsilon_is_reported_everywhere_and_an_exhausted_budget_is_refused(tmp_p
     c = first["clients"]["S1"]["metrics"]
     assert c["dp_epsilon_budget"] == cap and c["dp_noise_multiplier"] == 1.0
     assert math.isclose(c["dp_delta"], 1 / 1800)
+    assert "train_loss" not in c  # the unclipped loss is not private: not sent
 
     metrics = _metrics_text(fed.url("/metrics"))
     assert f'msmtrec_client_dp_epsilon{{scenario="S0"}} {second["dp_epsilon"]["S0"]!r}' in metrics

@@ -160,17 +160,18 @@ class ClientRuntime:
             client_id=self.scenario,
             num_samples=fit.num_samples,
             params=self.shared_state(),
-            metrics={
-                "train_loss": fit.loss,
-                "train_seconds": fit.seconds,
-                **self.privacy_metrics(),
-            },
+            metrics=self.round_metrics(fit),
         )
         return update, fit
 
-    def privacy_metrics(self) -> dict[str, float]:
-        """ε spent so far and the DP parameters (empty without DP): round metadata."""
-        return self.privacy.metrics() if self.privacy is not None else {}
+    def round_metrics(self, fit: FitResult) -> dict[str, float]:
+        """What a round submission says about the local training. A private client leaves
+        out the training loss, a non-private function of its rows, and adds ε spent so far."""
+        metrics = {"train_loss": fit.loss, "train_seconds": fit.seconds}
+        if self.privacy is not None:
+            del metrics["train_loss"]
+            metrics.update(self.privacy.metrics())
+        return metrics
 
     def privacy_summary(self) -> dict[str, Any] | None:
         """The privacy record published with every model (None without DP)."""
