@@ -249,3 +249,32 @@ def test_privacy_off_without_epsilon_or_noise():
     assert PrivacyConfig.from_values() is None
     cfg = PrivacyConfig.from_values(epsilon=8.0)
     assert cfg is not None and cfg.enabled and cfg.max_grad_norm == 1.0
+
+
+def test_client_settings_read_dp_from_env_and_treat_empty_as_unset(monkeypatch, tmp_path):
+    from msmtrec.settings import load_settings
+    from scenario_client.settings import ClientSettings
+
+    base = {"scenario": "NL", "data": tmp_path, "insecure": True}
+    monkeypatch.setenv("MSMTREC_CLIENT_DP_EPSILON", "8")
+    monkeypatch.setenv("MSMTREC_CLIENT_DP_DELTA", "")  # compose's ${MSMTREC_DP_DELTA:-}
+    settings = load_settings(ClientSettings, None, base)
+    assert settings.privacy() == PrivacyConfig(epsilon=8.0)
+    monkeypatch.setenv("MSMTREC_CLIENT_DP_EPSILON", "")
+    assert load_settings(ClientSettings, None, base).privacy() is None
+    monkeypatch.setenv("MSMTREC_CLIENT_DP_MAX_GRAD_NORM", "2")
+    with pytest.raises(ValueError, match="dp_max_grad_norm set without dp_epsilon"):
+        load_settings(ClientSettings, None, base)
+
+
+def test_simulate_and_up_flags(tmp_path):
+    import argparse
+
+    from msmtrec.commands.simulate import add_privacy_args, privacy_from_args
+
+    p = argparse.ArgumentParser()
+    add_privacy_args(p)
+    cfg = privacy_from_args(p.parse_args(["--dp-epsilon", "3", "--dp-max-grad-norm", "0.5"]))
+    assert cfg == PrivacyConfig(epsilon=3.0, max_grad_norm=0.5)
+    with pytest.raises(SystemExit, match="--dp-delta"):
+        privacy_from_args(p.parse_args(["--dp-delta", "1e-5"]))
