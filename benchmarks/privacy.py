@@ -198,8 +198,8 @@ def markdown(
     lines = [
         "# Record-level differential privacy: utility and cost (issue #14)",
         "",
-        f"Produced by `{meta['command']}` on {meta['date']} "
-        f"({meta['machine']}; {meta['seconds']:.0f} s).",
+        f"Produced by `{meta['command']}` at commit {meta.get('commit', 'unknown')} on "
+        f"{meta['date']} ({meta['machine']}; {meta['seconds']:.0f} s).",
         "",
         f"Setting: {meta['scenarios']} scenarios × {meta['rows']} synthetic train rows each "
         f"(`synthesize_family`, high strength, ctr 0.1, cvr 0.3), {meta['rounds']} rounds, "
@@ -351,8 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     import platform
 
+    import subprocess
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     meta = {
         "command": "python benchmarks/privacy.py " + shlex.join(argv or sys.argv[1:]),
+        "commit": commit or "unknown",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
         f"load {os.getloadavg()[0]:.1f}",
