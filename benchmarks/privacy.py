@@ -350,7 +350,6 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio {cost['ratio']:.2f}x"
     )
     import platform
-
     import subprocess
 
     commit = subprocess.run(
