@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # script → (section title, a column or phrase its table must contain)
 CASES = {
-    "training.py": ("Local training throughput (benchmark 1)", "÷ plain"),
+    "training.py": ("Local training throughput (benchmark 1)", "÷ textbook"),
     "codec.py": ("Parameter codec (benchmark 2)", "speed ÷ numpy.save"),
     "round_overhead.py": ("Round overhead (benchmark 3)", "transfer + aggregation"),
     "aggregation.py": ("Aggregation scaling (benchmark 4)", "fitted exponent"),
@@ -98,3 +98,84 @@ def test_quality_report_is_rendered_from_its_json_with_plot_and_reading(tmp_path
     wins = sum(d > 0 for d in diffs)
     expected = f"{statistics.mean(diffs):+.4f} ± {statistics.stdev(diffs):.4f} ({wins}/3)"
     assert row.split(" | ")[3] == expected, row
+
+
+def _training_benchmark():
+    """benchmarks/training.py as a module (its directory holds the _common it imports)."""
+    import importlib
+
+    bench_dir = str(REPO / "benchmarks")
+    if bench_dir not in sys.path:
+        sys.path.insert(0, bench_dir)
+    return importlib.import_module("training")
+
+
+def test_textbook_mmoe_yardstick_is_the_none_template_model_written_apart():
+    """The issue #11 yardstick has the project's sizes: loaded with the weights (and batch-norm
+    statistics) of the ``none``-template model it computes the same logits, so a speed ratio
+    against it compares implementations of one function, not two models."""
+    import torch
+
+    from msmtrec.data.schema import ALIEXPRESS
+    from msmtrec.model import build_model, preset
+
+    training = _training_benchmark()
+    cfg = preset("small", template="none")
+    ours = build_model(ALIEXPRESS, cfg, seed=3).eval()
+    book = training.textbook_model(preset("small"), seed=4).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # non-trivial running statistics, so each slice must land right
+        for norm in [
+            *ours.experts.norms,
+            *(b.norm for t in ours.towers.values() for b in t.layers),
+        ]:
+            norm.running_mean.normal_(0, 0.5, generator=gen)
+            norm.running_var.uniform_(0.5, 2.0, generator=gen)
+            norm.weight.normal_(1, 0.2, generator=gen)
+            norm.bias.normal_(0, 0.2, generator=gen)
+    assert sum(p.numel() for p in book.parameters()) == sum(p.numel() for p in ours.parameters())
+
+    state = {}
+    rows = ours.embedding.weight.detach().split(list(ALIEXPRESS.table_sizes))
+    for i, w in enumerate(rows):
+        state[f"embeddings.{i}.weight"] = w
+    state["numerical.weight"], state["numerical.bias"] = ours.numerical.weight, ours.numerical.bias
+    for layer_i, (layer, norm) in enumerate(
+        zip(ours.experts.layers, ours.experts.norms, strict=True)
+    ):
+        out = layer.out_dim
+        for k in range(cfg.num_experts):
+            lin, bn = f"experts.{k}.{4 * layer_i}", f"experts.{k}.{4 * layer_i + 1}"
+            state[f"{lin}.weight"], state[f"{lin}.bias"] = layer.weight_g[k], layer.bias_g[k]
+            for field in ("weight", "bias", "running_mean", "running_var"):
+                state[f"{bn}.{field}"] = getattr(norm, field)[k * out : (k + 1) * out]
+            state[f"{bn}.num_batches_tracked"] = norm.num_batches_tracked
+    for t, name in enumerate(ALIEXPRESS.tasks):
+        state[f"gates.{t}.0.weight"] = ours.gates[name].weight
+        state[f"gates.{t}.0.bias"] = ours.gates[name].bias
+        tower = ours.towers[name]
+        for j, block in enumerate(tower.layers):
+            for field in ("weight", "bias"):
+                state[f"towers.{t}.{4 * j}.{field}"] = getattr(block.linear, field)
+            for field in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                state[f"towers.{t}.{4 * j + 1}.{field}"] = getattr(block.norm, field)
+        head = 4 * len(tower.layers)
+        state[f"towers.{t}.{head}.weight"] = tower.head.weight
+        state[f"towers.{t}.{head}.bias"] = tower.head.bias
+    book.load_state_dict({k: v.detach().clone() for k, v in state.items()}, strict=True)
+
+    data = training.random_rows(64, seed=5)
+    cat, num = torch.from_numpy(data.categorical), torch.from_numpy(data.numerical)
+    with torch.no_grad():
+        expected, got = ours(cat, num), book(cat, num)
+    assert got.shape == (64, 2)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_training_benchmark_rows_flag():
+    training = _training_benchmark()
+    assert training.parse_rows(["paper=1024"], quick=False) == {"small": 65_536, "paper": 1_024}
+    assert training.parse_rows(["300"], quick=True) == {"small": 300, "paper": 300}
+    for bad in (["tiny=5"], ["paper=x"], ["1"]):
+        with pytest.raises(SystemExit, match="--rows"):
+            training.parse_rows(bad, quick=False)

@@ -14,7 +14,8 @@ from msmtrec.model import build_model, preset
 CLIENTS = ["ES", "FR", "NL", "US"]
 
 
-def _strategy(method="pfmsmtrec", **overrides):
+def _strategy(method="pfmsmtrec-v1", **overrides):
+    """pfmsmtrec-v1: FedHCA²'s additive forms, which most tests here pin down."""
     cfg = resolve_method(method, **overrides)
     model = build_model(ALIEXPRESS, preset("small", template=cfg.template), seed=0)
     return Strategy(cfg, model.state_dict())
@@ -58,6 +59,22 @@ def test_personal_expert_update_is_end_plus_weight_times_coordinated_update():
         for n in s.expert_names:
             expected = u.params[n] + 0.1 * s.last_expert_update[n]  # a_c = init 0.1
             torch.testing.assert_close(out[u.client_id][n], expected)
+
+
+def test_interpolating_form_mixes_own_delta_and_coordinated_update():
+    """personal_form interp (the default): θ_new = θ_start + (1 − a)Δ_c + a·g, so a = 0 is
+    training alone and a = 1 takes the coordinated update in place of one's own."""
+    s = _strategy("pfmsmtrec")
+    assert s.config.personal_form == "interp"
+    starts = {c: {n: t.clone() for n, t in s.payload(c).items()} for c in CLIENTS}
+    ups = _random_updates(s, 3)
+    out = s.aggregate(ups)
+    a = s.config.init_weight  # round one: no hyper step yet
+    for u in ups:
+        for n in s.expert_names:
+            delta = u.params[n] - starts[u.client_id][n]
+            expected = starts[u.client_id][n] + (1 - a) * delta + a * s.last_expert_update[n]
+            torch.testing.assert_close(out[u.client_id][n], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_result_does_not_depend_on_arrival_order():

@@ -79,7 +79,9 @@ class ClientRuntime:
         self.anchor: Tensors | None = None
         lam = federation.template_l2
         self.shrink = {
-            n: lam for n in state if lam > 0 and classify(n) in (Group.SCENARIO, Group.TASK)
+            n: lam
+            for n in state
+            if lam > 0 and classify(n) in (Group.SCENARIO, Group.TASK, Group.EMBEDDING_SCENARIO)
         }
         # completed rounds of the payload last received (None: not told, e.g. by a caller
         # that predates it); methods that train at evaluation time seed from it

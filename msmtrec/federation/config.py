@@ -28,6 +28,7 @@ _FORM_DEFAULTS: dict[str, Any] = {
     "personal_form": "add",
     "hyper_grad": "raw",
     "attention_temperature": None,
+    "embedding_template": False,
 }
 
 
@@ -81,6 +82,9 @@ class FederationConfig:
     personal_form: PersonalForm = "add"
     hyper_grad: HyperGrad = "raw"
     attention_temperature: float | None = None
+    # The embedding template (ModelConfig.embedding_template): E_G + numerical projection
+    # FedAvg'd, E_S local and shrunk by template_l2 like W_S.
+    embedding_template: bool = False
     # Method knobs (METHOD_KNOBS; None: the method has none). ditto_lambda: λ of Ditto's
     # (λ/2)‖v − w_global‖². finetune_epochs: fedavg-ft's most local fine-tuning epochs.
     # head_epochs: FedRep's head-only epochs before the body epochs of a round.
@@ -135,7 +139,14 @@ def resolve_experiment(
     method's template unless a model override names one. The simulation and the networked
     federation both resolve through here, so they always build the same model."""
     fed = resolve_method(method, **(federation_overrides or {}))
-    model = preset(preset_name, **{"template": fed.template, **(model_overrides or {})})
+    model = preset(
+        preset_name,
+        **{
+            "template": fed.template,
+            "embedding_template": fed.embedding_template,
+            **(model_overrides or {}),
+        },
+    )
     return fed, model
 
 
@@ -150,6 +161,7 @@ FEDERATION_KNOBS = (
     "personal_form",
     "hyper_grad",
     "attention_temperature",
+    "embedding_template",
     "init_weight",
     "hyper_lr",
     *METHOD_KNOBS,

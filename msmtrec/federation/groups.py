@@ -26,6 +26,7 @@ class Group(StrEnum):
     BN = "bn"  # BatchNorm γ, β, running mean/var (experts and towers)
     BN_COUNTER = "bn_counter"  # BatchNorm num_batches_tracked (int64, shape ())
     EMBEDDING = "embedding"  # categorical tables and the numerical projection
+    EMBEDDING_SCENARIO = "embedding_scenario"  # E_S of the embedding template (never sent)
     GATE = "gate"  # per-task gates
     TOWER = "tower"  # tower Linear weights and biases
 
@@ -45,6 +46,7 @@ RULES: tuple[tuple[str, Group], ...] = (
     (r"(^experts\.norms\.\d+|\.norm)\.num_batches_tracked$", Group.BN_COUNTER),
     (r"(^experts\.norms\.\d+|\.norm)\.(weight|bias|running_mean|running_var)$", Group.BN),
     (r"^(embedding|numerical)\.(weight|bias)$", Group.EMBEDDING),
+    (r"^embedding_s\.weight$", Group.EMBEDDING_SCENARIO),
     (r"^gates\.\w+\.(weight|bias)$", Group.GATE),
     (r"^towers\.\w+\.(layers\.\d+\.linear|head)\.(weight|bias)$", Group.TOWER),
 )
@@ -74,7 +76,7 @@ class ParameterGroups:
     def __post_init__(self) -> None:
         if self.policies.get(Group.BN_COUNTER, Policy.KEEP) is not Policy.KEEP:
             raise ValueError("num_batches_tracked is an integer counter and is never aggregated")
-        for g in (Group.TASK,):
+        for g in (Group.TASK, Group.EMBEDDING_SCENARIO):
             if self.policies.get(g, Policy.KEEP) is not Policy.KEEP:
                 raise ValueError(f"group {g} never leaves the client")
 

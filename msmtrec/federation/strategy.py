@@ -301,6 +301,8 @@ class Strategy:
         correction, divided by the rescale); for towers the mean over layers of
         b_{c,l}·attn_{c,j}. Rows are "who learns from whom"."""
         cfg = self.config
+        if not (self.expert_names or self.tower_names):
+            return {}
         report: dict[str, Any] = {"round": self.round, "clients": ids}
         if self.expert_names:
             report["a"] = {

@@ -30,6 +30,9 @@ class ModelConfig:
     dropout: float = 0.2
     template: Template = "additive3"
     ctcvr_head: CtcvrHead = "direct"
+    # Input layer split like the experts: the embedding table E_G (+ the numerical
+    # projection) is shared, E_S (zero-initialised) is the scenario's own additive part.
+    embedding_template: bool = False
 
     def __post_init__(self) -> None:
         if self.template not in TEMPLATES:
@@ -46,6 +49,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if not d["embedding_template"]:  # older configurations serialise as before
+            del d["embedding_template"]
         d["expert_dims"] = list(self.expert_dims)
         d["tower_dims"] = list(self.tower_dims)
         return d

@@ -227,6 +227,9 @@ class MultiTaskMMoE(nn.Module):
         self.embedding = nn.Embedding(sum(schema.table_sizes), d)
         nn.init.xavier_uniform_(self.embedding.weight)
         self.numerical = nn.Linear(schema.num_numerical, d)
+        if config.embedding_template:
+            self.embedding_s = nn.Embedding(sum(schema.table_sizes), d)
+            nn.init.zeros_(self.embedding_s.weight)
         in_dim = d * (schema.num_categorical + 1)
         self.experts = TemplatedExperts(in_dim, config, len(self.tower_names))
         self.gates = nn.ModuleDict(
@@ -240,7 +243,10 @@ class MultiTaskMMoE(nn.Module):
         )
 
     def embed(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
-        cat = self.embedding(categorical.long() + self.offsets)  # (B, F, d)
+        ids = categorical.long() + self.offsets
+        cat = self.embedding(ids)  # (B, F, d)
+        if self.config.embedding_template:
+            cat = cat + self.embedding_s(ids)
         num = self.numerical(numerical).unsqueeze(1)  # (B, 1, d)
         return torch.cat((cat, num), dim=1).flatten(1)
 

@@ -1,6 +1,8 @@
 """The ablations of ``pfmsmtrec`` (ALGORITHM.md §7): variants of its configuration."""
 
+from msmtrec.federation.config import FederationConfig
 from msmtrec.federation.methods.pfmsmtrec import METHOD as PF
+from msmtrec.federation.methods.pfmsmtrec import PFMSMTREC_V1_FORMS
 from msmtrec.federation.methods.registry import Method, register
 
 _PF = PF.defaults
@@ -15,8 +17,10 @@ ABLATIONS = (
     ("pfmsmtrec-no-tower", "w/o tower aggregation (towers local)",
      _PF.with_(tower_aggregation=False)),
     ("pfmsmtrec-mu0", "μ = 0 (no personalization regularizer)", _PF.with_(mu=0.0)),
-    ("pfmsmtrec-no-shrink", "template_l2 = 0 (ALGORITHM.md exactly as written)",
+    ("pfmsmtrec-no-shrink", "template_l2 = 0 (no shrinkage of W_S towards W_G)",
      _PF.with_(template_l2=0.0)),
+    ("pfmsmtrec-v1", "the default before issue #11: three-part template, FedHCA²'s forms",
+     FederationConfig("pfmsmtrec", **PFMSMTREC_V1_FORMS)),
 )  # fmt: skip
 
 for _name, _description, _defaults in ABLATIONS:

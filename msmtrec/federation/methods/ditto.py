@@ -93,7 +93,7 @@ METHOD = register(
         "by (λ/2)‖v − w_global‖²; the personal model is evaluated",
         defaults=FederationConfig("ditto", template="none", mu=0.0, ditto_lambda=0.1),
         policies=policies,
-        tunable={"ditto_lambda": (0.01, 0.1, 1.0)},
+        tunable={"ditto_lambda": (0.1, 1.0)},
         client_hooks=DittoHooks,
     )
 )

@@ -92,7 +92,7 @@ METHOD = register(
         "(chosen on validation); the fine-tuned copy is evaluated",
         defaults=FederationConfig("fedavg-ft", template="none", mu=0.0, finetune_epochs=1),
         policies=policies,
-        tunable={"finetune_epochs": (1, 2, 3)},
+        tunable={"finetune_epochs": (1, 2)},
         client_hooks=FineTuneHooks,
     )
 )

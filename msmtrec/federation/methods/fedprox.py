@@ -16,6 +16,6 @@ METHOD = register(
         description="fedavg + proximal term (μ/2)‖θ_shared − θ_start‖²",
         defaults=FederationConfig("fedprox", template="none", mu=0.01),
         policies=policies,
-        tunable={"mu": (1e-3, 1e-2, 1e-1)},
+        tunable={"mu": (1e-3, 1e-2)},
     )
 )
