@@ -18,7 +18,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 def register(sub: argparse._SubParsersAction) -> None:
     from aggregator.settings import AggregatorSettings
-    from msmtrec.settings import add_service_arguments
+    from servicekit.settings import add_service_arguments
 
     p = sub.add_parser(
         "aggregator",
@@ -59,7 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from aggregator.server import EXIT_CONFIG, serve
     from aggregator.settings import AggregatorSettings
-    from msmtrec.settings import load_settings, overrides_from_args
+    from servicekit.settings import load_settings, overrides_from_args
 
     try:
         settings = load_settings(AggregatorSettings, args.config, overrides_from_args(args))
@@ -70,7 +70,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_make_certs(args: argparse.Namespace) -> int:
-    from aggregator.certs import make_dev_certs
+    from servicekit.certs import make_dev_certs
 
     paths = make_dev_certs(args.out, args.clients, args.hosts, args.days)
     for name, path in paths.items():
@@ -80,7 +80,7 @@ def run_make_certs(args: argparse.Namespace) -> int:
 
 
 def run_make_tokens(args: argparse.Namespace) -> int:
-    from aggregator.auth import make_tokens
+    from servicekit.auth import make_tokens
 
     paths = make_tokens(args.scenarios, args.out)
     print(f"aggregator tokens file: {paths.pop('tokens')}")
@@ -91,7 +91,7 @@ def run_make_tokens(args: argparse.Namespace) -> int:
 
 def run_settings_table(args: argparse.Namespace) -> int:
     from aggregator.settings import AggregatorSettings
-    from msmtrec.settings import settings_table
+    from servicekit.settings import settings_table
 
     print(settings_table(AggregatorSettings), end="")
     return 0

@@ -1,26 +1,26 @@
-"""Refusals with a status code and a machine-readable reason, independent of gRPC.
+"""Refusals with a reason from the wire contract, independent of gRPC.
 
-The federation logic raises :class:`Refusal`; the gRPC layer turns it into a status (the code
-names are ``grpc.StatusCode`` members) with the reason in the trailing metadata key
-``msmtrec-reason``, so clients branch on the reason, not on message text.
+The federation logic raises :class:`Refusal` with a :class:`~msmtrec_proto.refusals.Reason`
+(the proto enum ``RefusalReason``); the gRPC layer turns it into the reason's one status code
+(``STATUS``) with the reason in the trailing metadata key ``msmtrec-reason``, so clients
+branch on the reason, not on message text. A reason outside the contract cannot be raised.
 """
 
 from __future__ import annotations
 
-REASON_KEY = "msmtrec-reason"
+from msmtrec_proto.refusals import REASON_KEY, STATUS, Reason
+
+__all__ = ["REASON_KEY", "Reason", "Refusal"]
 
 
 class Refusal(Exception):
-    def __init__(self, code: str, reason: str, message: str) -> None:
+    """A call the aggregator refuses: ``reason`` (contract enum), ``code`` (its gRPC status
+    code name, e.g. ``FAILED_PRECONDITION``) and a message for the operator."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        if not isinstance(reason, Reason):
+            raise TypeError(f"a refusal reason must be a Reason of the contract, not {reason!r}")
         super().__init__(message)
-        self.code = code  # e.g. "FAILED_PRECONDITION"
-        self.reason = reason  # e.g. "wrong-round"
+        self.reason = reason
+        self.code = STATUS[reason]
         self.message = message
-
-
-def invalid(reason: str, message: str) -> Refusal:
-    return Refusal("INVALID_ARGUMENT", reason, message)
-
-
-def precondition(reason: str, message: str) -> Refusal:
-    return Refusal("FAILED_PRECONDITION", reason, message)

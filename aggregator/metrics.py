@@ -7,13 +7,13 @@ stale.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
     from aggregator.federation import Federation
+    from aggregator.records import RoundRecord
 
 ROUND_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -60,7 +60,7 @@ class FederationMetrics:
         self.current_round.set_function(lambda: federation.status().round)
         self.completed_rounds.set_function(lambda: federation.status().completed_rounds)
 
-    # hooks called by the federation and the servicer (aggregator.federation.Hooks)
+    # hooks called by the federation and the servicer (aggregator.hooks.Hooks)
     def rejected(self, rpc: str, reason: str) -> None:
         self.rejections.labels(rpc, reason).inc()
 
@@ -70,11 +70,11 @@ class FederationMetrics:
     def bytes_out(self, scenario: str, n: int) -> None:
         self.bytes_sent.labels(scenario).inc(n)
 
-    def round_closed(self, record: Mapping[str, Any]) -> None:
+    def round_closed(self, record: RoundRecord) -> None:
         self.rounds.inc()
-        self.round_duration.observe(record["duration_seconds"])
-        self.aggregation.observe(record["aggregation_seconds"])
-        for scenario, eps in (record.get("dp_epsilon") or {}).items():
+        self.round_duration.observe(record.duration_seconds)
+        self.aggregation.observe(record.aggregation_seconds)
+        for scenario, eps in record.dp_epsilon.items():
             self.dp_epsilon.labels(scenario).set(eps)
 
     def exposition(self) -> bytes:

@@ -4,8 +4,9 @@ Start-up refuses unsafe or inconsistent settings with one clear line (no tokens 
 ``--insecure-dev``, a TLS key without a certificate, a checkpoint from other settings). The
 controller thread advances the round state machine; SIGTERM/SIGINT stop the process
 gracefully (health NOT_SERVING, in-flight calls get a grace period). A checkpoint that cannot
-be written stops the process with exit code 3, so an orchestrator restarts it from the last
-durable round rather than letting it run on with state it could lose.
+be written (or a round that cannot be closed) stops the process with exit code 3, so an
+orchestrator restarts it from the last durable round rather than letting it run on with
+state it could lose.
 """
 
 from __future__ import annotations
@@ -21,20 +22,26 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from aggregator.auth import TokenTable, check_scenario_name, load_tokens
 from aggregator.checkpoint import CheckpointStore
-from aggregator.federation import CheckpointFailure, Federation
+from aggregator.closing import CloseFailure
+from aggregator.federation import Federation
 from aggregator.metrics import FederationMetrics
 from aggregator.service import CallLimits, FederationServicer
 from aggregator.settings import AggregatorSettings
 from aggregator.status_api import StatusServer, create_app
+from msmtrec.identity import check_scenario_name
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+from servicekit.auth import TokenTable, load_tokens
 
 log = logging.getLogger("aggregator")
 
 EXIT_CONFIG = 2
+# The federation's state could not be advanced or made durable (a checkpoint that cannot be
+# written, a round that failed to close, a controller that keeps failing): stop, so that an
+# orchestrator restarts the process from the last durable round (docs/RELIABILITY.md).
 EXIT_CHECKPOINT = 3
+MAX_CONTROLLER_ERRORS = 20  # unexpected controller errors in a row (0.1 s apart) before exit 3
 
 
 class ConfigError(ValueError):
@@ -188,22 +195,41 @@ class Aggregator:
         return self
 
     def _control(self) -> None:
+        """Advance the federation until stopped. A round that cannot be closed stops the
+        process at once (exit 3); any other error is logged with its traceback and retried,
+        and stops the process too once it repeats MAX_CONTROLLER_ERRORS times in a row."""
         fed = self.federation
+        errors = 0
         while not self.stop_event.is_set():
             try:
                 fed.tick()
-            except CheckpointFailure as exc:
-                log.critical("%s; stopping so that a restart resumes from the last one", exc)
-                self.exit_code = EXIT_CHECKPOINT
-                self.stop_event.set()
+                errors = 0
+            except CloseFailure as exc:
+                log.critical(
+                    "%s; stopping so that a restart resumes from the last checkpoint", exc,
+                    exc_info=exc,
+                )  # fmt: skip
+                self._fail()
                 return
             except Exception:
-                log.exception("controller error (continuing)")
+                errors += 1
+                log.exception("controller error (%d of %d in a row)", errors, MAX_CONTROLLER_ERRORS)
+                if errors >= MAX_CONTROLLER_ERRORS:
+                    log.critical(
+                        "the controller keeps failing; stopping so that a restart resumes "
+                        "from the last checkpoint"
+                    )
+                    self._fail()
+                    return
             if self.settings.exit_when_done and fed.done():
                 log.info("finished and every client reported; exiting")
                 self.stop_event.set()
                 return
             fed.wait_for_change(0.1)
+
+    def _fail(self) -> None:
+        self.exit_code = EXIT_CHECKPOINT
+        self.stop_event.set()
 
     def stop(self, grace: float | None = None) -> int:
         self.stop_event.set()

@@ -20,15 +20,17 @@ from typing import Any
 
 import grpc
 
-from aggregator.auth import TokenTable, bearer_token, check_scenario_name
-from aggregator.errors import REASON_KEY, Refusal, invalid
-from aggregator.federation import Federation, Hooks, NoHooks, Status
+from aggregator.errors import REASON_KEY, Reason, Refusal
+from aggregator.federation import Federation, Status
+from aggregator.hooks import Hooks, NoHooks
 from aggregator.rounds import Phase
 from msmtrec import __version__
 from msmtrec.codec import Assembler, CodecError
+from msmtrec.identity import check_scenario_name
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+from servicekit.auth import TokenTable, bearer_token
 
 log = logging.getLogger("aggregator.service")
 
@@ -58,9 +60,10 @@ def status_to_proto(st: Status) -> pb.RoundStatus:
 
 
 def _refuse(context: grpc.ServicerContext, hooks: Hooks, rpc: str, refusal: Refusal) -> None:
-    hooks.rejected(rpc, refusal.reason)
-    log.info("%s refused (%s, %s): %s", rpc, refusal.code, refusal.reason, refusal.message)
-    context.set_trailing_metadata(((REASON_KEY, refusal.reason),))
+    reason = refusal.reason.value  # the contract's dash spelling, e.g. "wrong-round"
+    hooks.rejected(rpc, reason)
+    log.info("%s refused (%s, %s): %s", rpc, refusal.code, reason, refusal.message)
+    context.set_trailing_metadata(((REASON_KEY, reason),))
     context.abort(getattr(grpc.StatusCode, refusal.code), refusal.message)
 
 
@@ -107,8 +110,7 @@ class InFlight:
             for kind, limit in kinds:
                 if self._counts.get((scenario, kind), 0) >= limit:
                     raise Refusal(
-                        "RESOURCE_EXHAUSTED",
-                        "too-many-calls",
+                        Reason.TOO_MANY_CALLS,
                         f"scenario {scenario} already has {limit} "
                         f"{'uploads' if kind == 'submits' else 'calls'} in flight "
                         f"(aggregator setting max_{kind}_per_scenario); retry later",
@@ -156,23 +158,20 @@ class FederationServicer(pb_grpc.FederationServicer):
             return None
         token = bearer_token(context.invocation_metadata())
         if token is None:
-            raise Refusal(
-                "UNAUTHENTICATED", "no-token", "missing 'authorization: Bearer <token>' metadata"
-            )
+            raise Refusal(Reason.NO_TOKEN, "missing 'authorization: Bearer <token>' metadata")
         owner = self.tokens.identify(token)
         if owner is None:
-            raise Refusal("UNAUTHENTICATED", "bad-token", "invalid bearer token")
+            raise Refusal(Reason.BAD_TOKEN, "invalid bearer token")
         return owner
 
     def _bind(self, owner: str | None, claimed: str) -> str:
         try:
             check_scenario_name(claimed)
         except ValueError as exc:
-            raise invalid("bad-scenario", str(exc)) from exc
+            raise Refusal(Reason.BAD_SCENARIO, str(exc)) from exc
         if owner is not None and claimed != owner:
             raise Refusal(
-                "PERMISSION_DENIED",
-                "wrong-scenario",
+                Reason.WRONG_SCENARIO,
                 f"this token is bound to scenario {owner}; it cannot act as {claimed}",
             )
         self.fed.check_scenario(claimed)
@@ -204,8 +203,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         if scenario not in names:
             issued = ", ".join(sorted(set(names))[:4]) or "no name"
             raise Refusal(
-                "PERMISSION_DENIED",
-                "certificate-scenario-mismatch",
+                Reason.CERTIFICATE_SCENARIO_MISMATCH,
                 f"the client certificate is issued to {issued}; it cannot act as {scenario}",
             )
 
@@ -287,7 +285,9 @@ class FederationServicer(pb_grpc.FederationServicer):
             owner = self._authenticate(context)
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("kind") != "header":
-                raise invalid("no-header", "the first message of a submission must be a header")
+                raise Refusal(
+                    Reason.NO_HEADER, "the first message of a submission must be a header"
+                )
             header = first.header
             scenario = self._admit(context, owner, header.scenario, submit=True)
             ticket = self.fed.begin_submission(
@@ -302,16 +302,18 @@ class FederationServicer(pb_grpc.FederationServicer):
             received = first.ByteSize()
             for message in request_iterator:
                 if message.WhichOneof("kind") != "data":
-                    raise invalid("bad-stream", "a submission has one header, then data chunks")
+                    raise Refusal(
+                        Reason.BAD_STREAM, "a submission has one header, then data chunks"
+                    )
                 try:
                     assembler.feed(message.data)
                 except CodecError as exc:
-                    raise invalid("stream-overflow", str(exc)) from exc
+                    raise Refusal(Reason.STREAM_OVERFLOW, str(exc)) from exc
                 received += message.ByteSize()
             try:
                 buffer = assembler.finish()
             except CodecError as exc:
-                raise invalid("stream-truncated", str(exc)) from exc
+                raise Refusal(Reason.STREAM_TRUNCATED, str(exc)) from exc
             result = self.fed.complete_submission(ticket, buffer, received)
         except Refusal as refusal:
             _refuse(context, self.hooks, "Submit", refusal)

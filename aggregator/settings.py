@@ -14,10 +14,10 @@ from pydantic_settings import SettingsConfigDict
 
 from msmtrec.federation.config import experiment_overrides
 from msmtrec.federation.methods import check_networked, method_names
-from msmtrec.federation.spec import FederationSpec
 from msmtrec.model.config import PRESETS
-from msmtrec.settings import NO_CLI, ServiceSettings
+from msmtrec.spec import FederationSpec
 from msmtrec.training.config import TrainConfig
+from servicekit.settings import NO_CLI, ServiceSettings
 
 MiB = 1 << 20
 

@@ -11,100 +11,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
 
 from aggregator.federation import Federation
 from aggregator.metrics import FederationMetrics
+from aggregator.records import RoundRecord
+from aggregator.views import ClientView, StatusView, client_views, status_view
 from msmtrec import __version__
-from msmtrec.http_limits import BoundedHttpToolsProtocol
-
-
-class StatusModel(BaseModel):
-    phase: str = Field(description="waiting_for_clients | open | aggregating | finished")
-    round: int = Field(description="the open round (the last one once finished)")
-    completed_rounds: int
-    total_rounds: int
-    deadline_unix: float | None = Field(description="when the open round's deadline passes")
-    deadline_in_seconds: float | None
-    min_clients: int
-    scenarios: list[str] = Field(description="scenarios of the federation")
-    joined: list[str]
-    live: list[str] = Field(description="joined clients whose heartbeat is recent")
-    submitted: list[str] = Field(description="submissions received for the open round")
-    waiting_for: str = Field(description="what the federation is doing or waiting for")
-    resumed_from_round: int | None = Field(description="completed rounds found on start")
-    method: str
-    preset: str
-    seed: int
-    spec_digest: str
-    payload_bytes: int = Field(description="bytes of one client's shared parameters")
-    state_checksum: str = Field(
-        description="sha256 over strategy state, round, phase, joined clients and accepted "
-        "submissions; unchanged by any refused call"
-    )
-    strategy_checksum: str
-
-
-class RoundClient(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    participated: bool
-    num_samples: int | None = None
-    bytes_in: int | None = None
-    bytes_out: int | None = None
-    upload_seconds: float | None = None
-    download_seconds: float | None = None
-    metrics: dict[str, float] | None = Field(None, description="local training metrics")
-    eval: dict[str, dict[str, dict[str, Any]]] | None = Field(
-        None, description="split → task → {auc, logloss, n, positives} of the personalized model"
-    )
-    client_timings: dict[str, float] | None = None
-
-
-class RoundModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    round: int
-    opened_at: float
-    closed_at: float
-    duration_seconds: float
-    closed_by: str = Field(description="all_submitted | deadline")
-    deadline_extensions: int
-    resumed_after_restart: bool
-    participants: list[str]
-    not_submitted: list[str]
-    num_samples: int
-    bytes_in: int
-    bytes_out: int
-    aggregation_seconds: float
-    checkpoint_seconds: float | None = None
-    timing: dict[str, float | str] = Field(
-        description="wall_seconds (open → next open) split along the critical path: "
-        "critical_client (last submitter) download/evaluation/local_training/upload/"
-        "client_other seconds, close_latency_seconds, aggregation_seconds, "
-        "checkpoint_seconds; plus local_training_seconds_max and transfer_seconds_max"
-    )
-    state_checksum: str
-    clients: dict[str, RoundClient]
-    dp_epsilon: dict[str, float] | None = Field(
-        None,
-        description="differential privacy: ε each private client reports having spent so far "
-        "(scenario → ε; docs/PRIVACY.md)",
-    )
-
-
-class ClientModel(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    scenario: str
-    joined: bool
-    live: bool | None = None
-    rounds: list[int] | None = None
-    bytes_in: int | None = None
-    bytes_out: int | None = None
+from servicekit.http_limits import BoundedHttpToolsProtocol
 
 
 def create_app(
@@ -134,29 +52,29 @@ def create_app(
             status_code=200 if ok else 503,
         )
 
-    @app.get("/v1/status", response_model=StatusModel, summary="Current round and its waits")
-    def status() -> dict[str, Any]:
-        return federation.status_dict()
+    @app.get("/v1/status", response_model=StatusView, summary="Current round and its waits")
+    def status() -> StatusView:
+        return status_view(federation)
 
-    @app.get("/v1/rounds", response_model=list[RoundModel], summary="Every completed round")
-    def rounds() -> list[dict[str, Any]]:
+    @app.get("/v1/rounds", response_model=list[RoundRecord], summary="Every completed round")
+    def rounds() -> list[RoundRecord]:
         return federation.rounds_list()
 
     @app.get(
         "/v1/rounds/{n}",
-        response_model=RoundModel,
+        response_model=RoundRecord,
         summary="One completed round",
         responses={404: {"description": "no such completed round"}},
     )
-    def one_round(n: int) -> dict[str, Any]:
+    def one_round(n: int) -> RoundRecord:
         for rec in federation.rounds_list():
-            if rec["round"] == n:
+            if rec.round == n:
                 return rec
         raise HTTPException(404, f"round {n} has not completed")
 
-    @app.get("/v1/clients", response_model=list[ClientModel], summary="Scenarios and liveness")
-    def clients() -> list[dict[str, Any]]:
-        return federation.clients_dict()
+    @app.get("/v1/clients", response_model=list[ClientView], summary="Scenarios and liveness")
+    def clients() -> list[ClientView]:
+        return client_views(federation)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def prometheus() -> Response:

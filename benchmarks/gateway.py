@@ -224,7 +224,7 @@ def free_port() -> int:
 
 def start_gateway(registry: Path, port: int, threads: int, workers: int, engine: str):
     cmd = [
-        sys.executable, "-m", "msmtrec.cli", "gateway", "--registry", str(registry),
+        sys.executable, "-m", "msmtrec_app.cli", "gateway", "--registry", str(registry),
         "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
         "--workers", str(workers), "--engine", engine, "--log-level", "warning",
         "--max-batch", "1000",

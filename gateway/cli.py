@@ -34,7 +34,7 @@ SETTING_FLAGS = ("registry", "host", "port", "max_batch", "poll_interval", "thre
 def settings_from_args(args: argparse.Namespace):
     """Flags given on the command line win over MSMTREC_GATEWAY_* variables and defaults."""
     from gateway.settings import GatewaySettings
-    from msmtrec.settings import check_environment
+    from servicekit.settings import check_environment
 
     check_environment(GatewaySettings)
     overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from gateway.app import create_app
-    from msmtrec.http_limits import BoundedHttpToolsProtocol
+    from servicekit.http_limits import BoundedHttpToolsProtocol
 
     try:
         settings = settings_from_args(args)

@@ -56,7 +56,9 @@ class ServingModel:
 
 
 @dataclass
-class Refusal:
+class RefusedVersion:
+    """A model version the gateway would not load (not a wire refusal): why, and when."""
+
     version: str | None
     reason: str
     at: float
@@ -78,7 +80,7 @@ class ModelStore:
         self._write_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self.known: tuple[str, ...] = ()  # scenarios seen in the registry at the last scan
-        self.refusals: dict[str, Refusal] = {}  # last refused version per scenario
+        self.refusals: dict[str, RefusedVersion] = {}  # last refused version per scenario
         self._refused: set[tuple[str, str]] = set()
         self.scans = 0
 
@@ -159,7 +161,7 @@ class ModelStore:
 
     def _refuse(self, scenario: str, version: str | None, exc: BaseException) -> None:
         reason = str(exc) or type(exc).__name__
-        self.refusals[scenario] = Refusal(version, reason, time.time())
+        self.refusals[scenario] = RefusedVersion(version, reason, time.time())
         if version is not None:
             self._refused.add((scenario, version))
         self.metrics.reloads.labels(scenario, "failure").inc()
@@ -196,7 +198,7 @@ class ModelStore:
         try:
             pointer = self.registry.latest_version(scenario)
         except (RegistryError, OSError) as exc:
-            if self.refusals.get(scenario, Refusal(None, "", 0)).reason != str(exc):
+            if self.refusals.get(scenario, RefusedVersion(None, "", 0)).reason != str(exc):
                 self._refuse(scenario, None, exc)
             return
         if pointer is None:

@@ -55,6 +55,7 @@ from safetensors.torch import save as st_save
 from msmtrec.codec import tensors_digest
 from msmtrec.data.schema import FeatureSchema
 from msmtrec.faults import fault_point
+from msmtrec.identity import SCENARIO_NAME_RULE, is_scenario_name
 from msmtrec.model.config import PRESETS, ModelConfig
 from msmtrec.model.mmoe import MultiTaskMMoE, build_model
 
@@ -69,7 +70,6 @@ LATEST_FILE = "LATEST"
 PUBLISH_POLICIES = ("latest", "best-valid")
 LOCK_FILE = ".lock"
 TMP_PREFIX = ".tmp-"
-SCENARIO_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 VERSION_RE = re.compile(r"^v(\d{6,})-r(\d{5,})-([0-9a-f]{8})$")
 DEFAULT_RETENTION = 5
 
@@ -92,10 +92,8 @@ def validation_auc(metrics: dict) -> float | None:
 
 def validate_scenario(name: str) -> str:
     """Scenario names become directory names: refuse anything that could escape the root."""
-    if not isinstance(name, str) or not SCENARIO_RE.fullmatch(name):
-        raise RegistryError(
-            f"invalid scenario name {name!r}: use 1-64 characters from A-Z a-z 0-9 _ -"
-        )
+    if not is_scenario_name(name):
+        raise RegistryError(f"invalid scenario name {name!r}: {SCENARIO_NAME_RULE}")
     return name
 
 
@@ -421,7 +419,7 @@ class ModelRegistry:
         return sorted(
             p.name
             for p in self.root.iterdir()
-            if p.is_dir() and SCENARIO_RE.fullmatch(p.name) and (p / LATEST_FILE).is_file()
+            if p.is_dir() and is_scenario_name(p.name) and (p / LATEST_FILE).is_file()
         )
 
     @staticmethod

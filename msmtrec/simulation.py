@@ -23,10 +23,10 @@ from msmtrec.federation.methods import get_method
 from msmtrec.federation.strategy import Strategy
 from msmtrec.model.config import ModelConfig
 from msmtrec.training.config import PrivacyConfig
+from msmtrec.training.history import Log, RoundRecord, round_line
+from msmtrec.training.history import fmt_metric as _fmt
 from msmtrec.training.metrics import TaskMetrics, mean_auc
 from msmtrec.training.trainer import TrainConfig
-
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -49,22 +49,6 @@ class SimulationConfig(ResolvesExperiment):
     # record-level DP of every client's training (docs/PRIVACY.md); the budget covers
     # `rounds`. The simulation seeds the noise from `seed` unless privacy sets its own.
     privacy: PrivacyConfig | None = None
-
-
-@dataclass
-class RoundRecord:
-    round: int
-    seconds: float
-    train_loss: dict[str, float]
-    valid: dict[str, dict[str, TaskMetrics]]
-    test: dict[str, dict[str, TaskMetrics]]
-    mean_valid_auc: float | None
-    mean_test_auc: float | None
-    # What the server's personalization did this round (Strategy.last_report: a, b, the
-    # conflict-averse weights, who learns from whom); None for methods without it.
-    personalization: dict[str, Any] | None = None
-    # ε spent so far per scenario (private training only)
-    epsilon: dict[str, float] = field(default_factory=dict)
 
 
 def per_scenario_selection(history: list[RoundRecord]) -> dict[str, dict[str, Any]]:
@@ -115,10 +99,6 @@ class SimulationResult:
         return results_markdown(self.method, self.best_round, self.best.test)
 
 
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
-
-
 def results_markdown(method: str, best_round: int, test: dict[str, dict[str, TaskMetrics]]) -> str:
     """Test AUC / log-loss per scenario × task, plus the macro mean over scenarios."""
     tasks = list(next(iter(test.values())).keys())
@@ -157,20 +137,6 @@ def load_splits(
     if not names:
         raise FileNotFoundError(f"no scenario directories with a train file under {data_dir}")
     return {s: load_scenario(data_dir, s, schema, valid_fraction) for s in names}
-
-
-def round_line(rec: RoundRecord, total: int, tasks: tuple[str, ...]) -> str:
-    per_task = []
-    for t in tasks:
-        vals = [rec.valid[s][t]["auc"] for s in rec.valid if rec.valid[s][t]["auc"] is not None]
-        per_task.append(f"{t} {_fmt(sum(vals) / len(vals) if vals else None)}")
-    loss = sum(rec.train_loss.values()) / max(len(rec.train_loss), 1)
-    scen = " ".join(f"{s}:{_fmt(mean_auc({s: rec.valid[s]}))}" for s in rec.valid)
-    eps = f"  max ε {max(rec.epsilon.values()):.3f}" if rec.epsilon else ""
-    return (
-        f"round {rec.round:>3}/{total}  loss {loss:.4f}  valid AUC {' '.join(per_task)}  "
-        f"mean {_fmt(rec.mean_valid_auc)}  [{scen}]  {rec.seconds:.1f}s{eps}"
-    )
 
 
 def run_simulation(

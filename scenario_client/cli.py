@@ -19,8 +19,8 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from msmtrec.settings import add_service_arguments
     from scenario_client.settings import ClientSettings
+    from servicekit.settings import add_service_arguments
 
     p = sub.add_parser(
         "client",
@@ -38,10 +38,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from pydantic import ValidationError
 
-    from msmtrec.settings import load_settings, overrides_from_args
     from scenario_client.connection import ClientError
     from scenario_client.runner import ScenarioClient
     from scenario_client.settings import ClientSettings
+    from servicekit.settings import load_settings, overrides_from_args
 
     try:
         settings = load_settings(ClientSettings, args.config, overrides_from_args(args))

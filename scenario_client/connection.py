@@ -24,13 +24,13 @@ from typing import TypeVar
 import grpc
 
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+from msmtrec_proto.refusals import REASON_KEY, Reason, parse_reason
 
 log = logging.getLogger("scenario_client")
 
 T = TypeVar("T")
-REASON_KEY = "msmtrec-reason"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-BUSY = "too-many-calls"  # RESOURCE_EXHAUSTED for this scenario's calls in flight: retried too
+BUSY = Reason.TOO_MANY_CALLS  # RESOURCE_EXHAUSTED for this scenario's calls in flight: retried
 MAX_MESSAGE = 64 << 20
 
 
@@ -41,8 +41,12 @@ class ClientError(Exception):
 class Refused(Exception):
     """The aggregator answered with a non-retryable status."""
 
-    def __init__(self, rpc: str, code: grpc.StatusCode, reason: str, details: str) -> None:
-        super().__init__(f"{rpc}: {code.name} ({reason or 'no reason'}): {details}")
+    def __init__(
+        self, rpc: str, code: grpc.StatusCode, reason: Reason | None, details: str
+    ) -> None:
+        shown = reason.value if reason is not None else "no reason"
+        super().__init__(f"{rpc}: {code.name} ({shown}): {details}")
+        # None: no reason, or one this client's contract does not know (a newer server)
         self.rpc, self.code, self.reason, self.details = rpc, code, reason, details
 
 
@@ -59,14 +63,14 @@ class Backoff:
         return base / 2 + rng.uniform(0, base / 2)
 
 
-def _reason(error: grpc.RpcError) -> str:
+def _reason(error: grpc.RpcError) -> Reason | None:
     try:
         for key, value in error.trailing_metadata() or ():
             if key == REASON_KEY:
-                return value.decode() if isinstance(value, bytes) else value
+                return parse_reason(value)
     except Exception:
         pass
-    return ""
+    return None
 
 
 def tls_hint(details: str, tls: bool) -> str:

@@ -41,10 +41,11 @@ from msmtrec.codec import (
 )
 from msmtrec.faults import fault_point
 from msmtrec.federation.client import ClientRuntime
-from msmtrec.federation.spec import FederationSpec
+from msmtrec.spec import FederationSpec
 from msmtrec.training.privacy import PrivacyBudgetExceeded
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
+from msmtrec_proto.refusals import Reason
 from scenario_client.connection import Backoff, ClientError, Connection, Refused
 from scenario_client.settings import ClientSettings
 from scenario_client.state import LocalState, StateMeta
@@ -56,7 +57,24 @@ class DataError(ClientError):
     """The scenario's own data cannot be read; the message names file, row and column."""
 
 
-FATAL_REASONS = {"spec-mismatch", "signature-mismatch", "unknown-scenario", "wrong-scenario"}
+# How the client meets each refusal reason it acts on (any other reason ends the run).
+# Retrying cannot help: the client's model, spec or identity is not this federation's.
+FATAL_REASONS = frozenset(
+    {
+        Reason.SPEC_MISMATCH,
+        Reason.SIGNATURE_MISMATCH,
+        Reason.UNKNOWN_SCENARIO,
+        Reason.WRONG_SCENARIO,
+    }
+)
+# A download for a round that is no longer (or not yet) open: the main loop polls again.
+ROUND_MOVED_ON = frozenset(
+    {Reason.WRONG_ROUND, Reason.NOT_OPEN, Reason.NOT_JOINED, Reason.FINISHED}
+)
+# A submission that arrived after its round closed: dropped, the next round goes on.
+LATE_SUBMISSION = frozenset({Reason.WRONG_ROUND, Reason.FINISHED, Reason.NOT_OPEN})
+# The aggregator forgot this client (it restarted): join again and resend the same bytes.
+REJOIN = Reason.NOT_JOINED
 
 
 @dataclass
@@ -182,9 +200,8 @@ class ScenarioClient:
                 "steps (%d rounds); noise multiplier %.4g, clip %g, sample rate %.4g; "
                 "ε spent so far %.3f",
                 self.scenario, p["epsilon_budget"] or "unset (fixed noise)", p["delta"],
-                p["planned_steps"],
-                spec.rounds, p["noise_multiplier"], p["max_grad_norm"], p["sample_rate"],
-                p["epsilon"],
+                p["planned_steps"], spec.rounds, p["noise_multiplier"], p["max_grad_norm"],
+                p["sample_rate"], p["epsilon"],
             )  # fmt: skip
 
     def _join(self) -> pb.RoundStatus:
@@ -363,7 +380,7 @@ class ScenarioClient:
         try:
             dl = self._download(round_number)
         except Refused as exc:
-            if exc.reason in ("wrong-round", "not-open", "not-joined", "finished"):
+            if exc.reason in ROUND_MOVED_ON:
                 log.info("%s: round %d moved on (%s)", self.scenario, round_number, exc.details)
                 return
             raise
@@ -417,14 +434,14 @@ class ScenarioClient:
         try:
             response = self._submit(pending)
         except Refused as exc:
-            if exc.reason in ("wrong-round", "finished", "not-open"):
+            if exc.reason in LATE_SUBMISSION:
                 log.warning(
                     "%s: round %d closed before the submission arrived (late): %s",
                     self.scenario, pending.round, exc.details,
                 )  # fmt: skip
                 self.pending = None
                 return
-            if exc.reason == "not-joined":
+            if exc.reason is REJOIN:
                 return  # the main loop joins again and resends the same bytes
             raise
         self.report.rounds_submitted.append(pending.round)

@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from msmtrec.settings import NO_CLI, ServiceSettings
 from msmtrec.training.config import PrivacyConfig
+from servicekit.settings import NO_CLI, ServiceSettings
 
 
 class ClientSettings(ServiceSettings):

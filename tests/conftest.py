@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# What the `msmtrec` entry point sets (msmtrec_app.cli.apply_process_defaults): the suite runs
+# torch in-process on shared cores. Before numpy/torch load.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 

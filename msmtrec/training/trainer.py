@@ -63,7 +63,7 @@ class FusedAdam:
     """``torch.optim.Adam`` (L2 weight decay, no amsgrad) as torch's fused CPU kernel,
     ``torch._fused_adam_``, called once per parameter group with that group's weight decay.
 
-    Bit-identical to ``torch.optim.Adam(..., fused=True)`` (tests/test_trainer.py), but built
+    Bit-identical to ``torch.optim.Adam(..., fused=True)`` (tests/unit/test_trainer.py), but built
     without ``torch.optim.Optimizer``: its constructor imports ``torch._dynamo`` on first use,
     which costs seconds in every process that trains. Parameters without a gradient are
     skipped, as torch's optimizers do.

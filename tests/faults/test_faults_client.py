@@ -160,8 +160,8 @@ def test_client_that_joins_and_never_submits(make_run):
 def _signature(cfg: pb.GetConfigResponse) -> list[pb.TensorSpec]:
     """The model signature a real client of this federation spec would present."""
     from msmtrec.codec import signature_of
-    from msmtrec.federation.spec import FederationSpec
     from msmtrec.federation.strategy import Strategy
+    from msmtrec.spec import FederationSpec
 
     spec = FederationSpec.from_json(cfg.spec_json)
     strategy = Strategy(spec.federation(), spec.initial_state())

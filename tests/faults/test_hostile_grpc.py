@@ -35,13 +35,13 @@ from helpers.processes import free_port, wait_until
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from aggregator.auth import make_tokens
 from aggregator.server import Aggregator
 from aggregator.settings import AggregatorSettings
 from msmtrec.codec import DTYPES, TensorSpec, decode, encode
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+from servicekit.auth import make_tokens
 
 KiB, MiB = 1 << 10, 1 << 20
 ALLOWED = {

@@ -39,7 +39,6 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.openapi import from_dict
 
-from aggregator.auth import make_tokens
 from aggregator.server import Aggregator
 from aggregator.settings import AggregatorSettings
 from msmtrec.codec import encode
@@ -48,6 +47,7 @@ from msmtrec.registry import ModelRegistry
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+from servicekit.auth import make_tokens
 
 EXAMPLES = 400 if FULL else 40  # per operation and generation mode
 SCENARIOS = ("NL", "ES")

@@ -152,7 +152,7 @@ def _huge_head(url: str, path: str) -> bytes:
 
 def test_gateway_refuses_oversized_headers_and_batches(servers):
     """Found by this suite: uvicorn's httptools parser buffered request heads of any size
-    (a 200 MB header grew the gateway by 220 MB); msmtrec.http_limits bounds them."""
+    (a 200 MB header grew the gateway by 220 MB); servicekit.http_limits bounds them."""
     url = servers.gateway_url
     before = rss(servers.gateway)
     r = httpx.post(url + "/v1/scenarios/NL/predict", json={"instances": [{}] * 1001}, timeout=30)

@@ -21,7 +21,6 @@ from gateway_support import fixture_instances, trained_like_model
 from helpers.faults import FULL
 from helpers.processes import REPO, free_port, wait_until
 
-from aggregator.auth import make_tokens
 from aggregator.server import Aggregator
 from aggregator.settings import AggregatorSettings
 from msmtrec.codec import decode, encode
@@ -29,6 +28,7 @@ from msmtrec.registry import ModelRegistry
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+from servicekit.auth import make_tokens
 
 LOADGEN = Path(__file__).resolve().parents[1] / "helpers" / "loadgen.py"
 PROCESSES, REQUESTS = (6, 2500) if FULL else (4, 800)

@@ -21,8 +21,6 @@ from helpers.faults import START
 from helpers.federation import Federation
 from helpers.processes import REPO, free_port, wait_until
 
-from aggregator.auth import make_tokens
-from aggregator.certs import make_dev_certs
 from aggregator.server import Aggregator
 from aggregator.settings import AggregatorSettings
 from msmtrec.codec import encode
@@ -30,8 +28,13 @@ from msmtrec.registry import WEIGHTS_FILE, ModelRegistry
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
+from servicekit.auth import make_tokens
+from servicekit.certs import make_dev_certs
 
-PACKAGES = ("msmtrec", "aggregator", "scenario_client", "gateway", "msmtrec_proto")
+PACKAGES = (
+    "msmtrec", "msmtrec_proto", "servicekit", "aggregator", "scenario_client", "gateway",
+    "msmtrec_app",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------- authentication

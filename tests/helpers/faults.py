@@ -223,9 +223,9 @@ def assert_equals_uninterrupted(run: FaultRun, tolerance: float = 1e-6) -> None:
     the in-process simulation's (same spec, seed and data) — the fault cost time only."""
     from safetensors.torch import load_file
 
-    from msmtrec.federation.spec import FederationSpec
     from msmtrec.federation.strategy import Strategy
     from msmtrec.simulation import run_simulation
+    from msmtrec.spec import FederationSpec
     from scenario_client.state import FILE
 
     spec = FederationSpec(rounds=run.rounds)

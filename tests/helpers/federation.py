@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aggregator.auth import make_tokens
 from helpers.processes import free_port
 from msmtrec.data.synth import SynthConfig, synthesize
+from servicekit.auth import make_tokens
 
 
 def make_data(

@@ -6,18 +6,15 @@ process logs, so a hung test says why instead of hitting the suite-wide timeout.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
+
+from msmtrec_app.supervisor import ServiceProcess, stop_all
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -30,58 +27,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ManagedProcess:
-    """A ``python -m msmtrec.cli ...`` subprocess whose output goes to a log file."""
+class ManagedProcess(ServiceProcess):
+    """A ``python -m msmtrec_app.cli ...`` subprocess, started at once, whose output goes to
+    ``<log_dir>/<name>.log``: the supervisor ``msmtrec up`` uses (msmtrec_app.supervisor),
+    in the caller's session so that a test can signal the process itself."""
 
     def __init__(self, name: str, args: Sequence[str], log_dir: Path, env: dict | None = None):
-        self.name = name
-        self.args = [sys.executable, "-m", "msmtrec.cli", *args]
-        self.log_path = Path(log_dir) / f"{name}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen(
-            self.args, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=full_env
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"{self.name} did not exit within {timeout:.0f} s; log tail:\n{self.tail()}"
-            ) from None
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, no goodbye (a crash)."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL if it does not exit in time."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        with contextlib.suppress(Exception):
-            self._log.close()
+        super().__init__(name, args, Path(log_dir) / f"{name}.log")
+        self.start(env, cwd=REPO)
 
 
 class ProcessGroup:
@@ -100,8 +53,7 @@ class ProcessGroup:
         return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in self.procs)
 
     def stop_all(self) -> None:
-        for p in reversed(self.procs):
-            p.stop()
+        stop_all(self.procs)
 
 
 def wait_until(

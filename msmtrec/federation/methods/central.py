@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING
 
 from msmtrec.federation.config import FederationConfig
 from msmtrec.federation.groups import ParameterGroups
-from msmtrec.federation.methods.registry import Method, register
+from msmtrec.federation.methods.registry import Method, PooledRun, register
 
 if TYPE_CHECKING:
     from msmtrec.data.dataset import ScenarioSplits
     from msmtrec.model.config import ModelConfig
-    from msmtrec.simulation import Log, RoundRecord, SimulationConfig
+    from msmtrec.training.history import Log, RoundRecord
 
 
 def policies(cfg: FederationConfig) -> ParameterGroups:
@@ -21,7 +21,7 @@ def policies(cfg: FederationConfig) -> ParameterGroups:
 
 
 def run_central(
-    config: SimulationConfig,
+    config: PooledRun,
     fed: FederationConfig,
     model_cfg: ModelConfig,
     splits: dict[str, ScenarioSplits],
@@ -32,7 +32,7 @@ def run_central(
     from msmtrec.data.dataset import ScenarioData
     from msmtrec.federation.client import round_seed
     from msmtrec.model.mmoe import build_model
-    from msmtrec.simulation import RoundRecord, round_line
+    from msmtrec.training.history import RoundRecord, round_line
     from msmtrec.training.metrics import mean_auc
     from msmtrec.training.trainer import Trainer
 

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 from msmtrec.federation.config import FederationConfig
 from msmtrec.federation.groups import ParameterGroups
-from msmtrec.federation.methods.registry import Method, register
+from msmtrec.federation.methods.registry import Method, PooledRun, register
 
 if TYPE_CHECKING:
     from msmtrec.data.dataset import ScenarioSplits
     from msmtrec.model.config import ModelConfig
-    from msmtrec.simulation import Log, RoundRecord, SimulationConfig
+    from msmtrec.training.history import Log, RoundRecord
 
 
 def policies(cfg: FederationConfig) -> ParameterGroups:
@@ -29,7 +29,7 @@ def policies(cfg: FederationConfig) -> ParameterGroups:
 
 
 def run_central_msmt(
-    config: SimulationConfig,
+    config: PooledRun,
     fed: FederationConfig,
     model_cfg: ModelConfig,
     splits: dict[str, ScenarioSplits],
@@ -38,7 +38,7 @@ def run_central_msmt(
     from msmtrec.data.dataset import ScenarioData
     from msmtrec.federation.client import round_seed
     from msmtrec.model.scenario_mmoe import build_scenario_model, with_scenario
-    from msmtrec.simulation import RoundRecord, round_line
+    from msmtrec.training.history import RoundRecord, round_line
     from msmtrec.training.metrics import mean_auc
     from msmtrec.training.trainer import Trainer
 

@@ -14,17 +14,42 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from msmtrec.data.dataset import ScenarioSplits
     from msmtrec.federation.config import FederationConfig
     from msmtrec.federation.groups import ParameterGroups
     from msmtrec.federation.methods.hooks import ClientHooks
+    from msmtrec.model.config import ModelConfig
+    from msmtrec.training.history import Log, RoundRecord
+    from msmtrec.training.trainer import TrainConfig
+
+
+class PooledRun(Protocol):
+    """What a pooled runner reads of the run's configuration. ``msmtrec.simulation``'s
+    ``SimulationConfig`` has these fields; the registry names only them, because the
+    federation layer sits below the simulation and must not import it."""
+
+    seed: int
+    rounds: int
+    train: TrainConfig
+    progress: bool
+
 
 Policies = Callable[["FederationConfig"], "ParameterGroups"]
 HooksFactory = Callable[["FederationConfig"], "ClientHooks"]
-# (simulation config, federation config, model config, splits, log) -> list of RoundRecord
-PooledRunner = Callable[..., list]
+# (run configuration, federation config, model config, splits, log) -> one record per round
+PooledRunner = Callable[
+    [
+        PooledRun,
+        "FederationConfig",
+        "ModelConfig",
+        "dict[str, ScenarioSplits]",
+        "Log",
+    ],
+    "list[RoundRecord]",
+]
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,64 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_OPEN: _ClassVar[Phase]
     PHASE_AGGREGATING: _ClassVar[Phase]
     PHASE_FINISHED: _ClassVar[Phase]
+
+class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REFUSAL_REASON_UNSPECIFIED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_NO_TOKEN: _ClassVar[RefusalReason]
+    REFUSAL_REASON_BAD_TOKEN: _ClassVar[RefusalReason]
+    REFUSAL_REASON_WRONG_SCENARIO: _ClassVar[RefusalReason]
+    REFUSAL_REASON_UNKNOWN_SCENARIO: _ClassVar[RefusalReason]
+    REFUSAL_REASON_CERTIFICATE_SCENARIO_MISMATCH: _ClassVar[RefusalReason]
+    REFUSAL_REASON_BAD_SCENARIO: _ClassVar[RefusalReason]
+    REFUSAL_REASON_BAD_MANIFEST: _ClassVar[RefusalReason]
+    REFUSAL_REASON_BAD_VALUES: _ClassVar[RefusalReason]
+    REFUSAL_REASON_STREAM_TRUNCATED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_STREAM_OVERFLOW: _ClassVar[RefusalReason]
+    REFUSAL_REASON_NO_HEADER: _ClassVar[RefusalReason]
+    REFUSAL_REASON_BAD_STREAM: _ClassVar[RefusalReason]
+    REFUSAL_REASON_BAD_NUM_SAMPLES: _ClassVar[RefusalReason]
+    REFUSAL_REASON_BAD_METRICS: _ClassVar[RefusalReason]
+    REFUSAL_REASON_TOO_LARGE: _ClassVar[RefusalReason]
+    REFUSAL_REASON_TOO_MANY_CALLS: _ClassVar[RefusalReason]
+    REFUSAL_REASON_WRONG_ROUND: _ClassVar[RefusalReason]
+    REFUSAL_REASON_NOT_OPEN: _ClassVar[RefusalReason]
+    REFUSAL_REASON_FINISHED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_NOT_JOINED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_SIGNATURE_MISMATCH: _ClassVar[RefusalReason]
+    REFUSAL_REASON_SPEC_MISMATCH: _ClassVar[RefusalReason]
+    REFUSAL_REASON_UNKNOWN_ROUND: _ClassVar[RefusalReason]
+    REFUSAL_REASON_CONFLICTING_RESUBMISSION: _ClassVar[RefusalReason]
 PHASE_UNSPECIFIED: Phase
 PHASE_WAITING_FOR_CLIENTS: Phase
 PHASE_OPEN: Phase
 PHASE_AGGREGATING: Phase
 PHASE_FINISHED: Phase
+REFUSAL_REASON_UNSPECIFIED: RefusalReason
+REFUSAL_REASON_NO_TOKEN: RefusalReason
+REFUSAL_REASON_BAD_TOKEN: RefusalReason
+REFUSAL_REASON_WRONG_SCENARIO: RefusalReason
+REFUSAL_REASON_UNKNOWN_SCENARIO: RefusalReason
+REFUSAL_REASON_CERTIFICATE_SCENARIO_MISMATCH: RefusalReason
+REFUSAL_REASON_BAD_SCENARIO: RefusalReason
+REFUSAL_REASON_BAD_MANIFEST: RefusalReason
+REFUSAL_REASON_BAD_VALUES: RefusalReason
+REFUSAL_REASON_STREAM_TRUNCATED: RefusalReason
+REFUSAL_REASON_STREAM_OVERFLOW: RefusalReason
+REFUSAL_REASON_NO_HEADER: RefusalReason
+REFUSAL_REASON_BAD_STREAM: RefusalReason
+REFUSAL_REASON_BAD_NUM_SAMPLES: RefusalReason
+REFUSAL_REASON_BAD_METRICS: RefusalReason
+REFUSAL_REASON_TOO_LARGE: RefusalReason
+REFUSAL_REASON_TOO_MANY_CALLS: RefusalReason
+REFUSAL_REASON_WRONG_ROUND: RefusalReason
+REFUSAL_REASON_NOT_OPEN: RefusalReason
+REFUSAL_REASON_FINISHED: RefusalReason
+REFUSAL_REASON_NOT_JOINED: RefusalReason
+REFUSAL_REASON_SIGNATURE_MISMATCH: RefusalReason
+REFUSAL_REASON_SPEC_MISMATCH: RefusalReason
+REFUSAL_REASON_UNKNOWN_ROUND: RefusalReason
+REFUSAL_REASON_CONFLICTING_RESUBMISSION: RefusalReason
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "shape", "dtype")

@@ -1,0 +1,116 @@
+"""Closing a round: aggregation, the round's record and its durable checkpoint, or rollback.
+
+The only code that changes the aggregator's Strategy. :meth:`RoundCloser.close` either
+returns the new round's record after its checkpoint is on disk, or returns None after a
+failed aggregation, with the Strategy reloaded from the last checkpoint (so nothing
+changed and the round can be reopened). A checkpoint that cannot be written after
+:data:`CHECKPOINT_ATTEMPTS` tries is a :class:`CheckpointFailure`: the process stops with
+exit code 3 and a restart resumes from the last durable round (docs/RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import torch
+
+from aggregator.checkpoint import CheckpointStore
+from aggregator.history import History
+from aggregator.records import ClosingRound, RoundRecord, build_record
+from msmtrec.codec import tensors_digest, with_meta
+from msmtrec.faults import fault_point
+from msmtrec.federation.strategy import ClientUpdate, Strategy
+from msmtrec.spec import FederationSpec
+
+log = logging.getLogger("aggregator")
+
+CHECKPOINT_ATTEMPTS = 3
+
+
+class CloseFailure(RuntimeError):
+    """A round could not be closed consistently (its Strategy state already changed, or it
+    could not be made durable): the process must stop, and a restart resumes from the last
+    checkpoint (exit code 3, docs/RELIABILITY.md)."""
+
+
+class CheckpointFailure(CloseFailure):
+    """The state of a completed round could not be made durable."""
+
+
+class RoundCloser:
+    """The Strategy, and what turns a closed round's submissions into its next state."""
+
+    def __init__(self, spec: FederationSpec, store: CheckpointStore) -> None:
+        self.spec = spec
+        self.spec_digest = spec.digest()
+        self.store = store
+        self.strategy = Strategy(spec.federation(), spec.initial_state())
+        self.retry_seconds = 1.0
+
+    def state_digest(self) -> str:
+        tensors, meta = self.strategy.state_dict()
+        return tensors_digest(tensors, meta)
+
+    def close(self, closing: ClosingRound, history: History) -> RoundRecord | None:
+        """Aggregate ``closing``'s submissions and checkpoint the result (see module doc)."""
+        round_number = closing.round
+        start = time.perf_counter()
+        updates = [
+            ClientUpdate(s.scenario, s.num_samples, s.params, dict(s.metrics))
+            for s in closing.submissions
+        ]
+        fault_point("aggregator.aggregate", round_number)
+        try:
+            self.strategy.aggregate(updates)
+        except Exception:
+            log.exception("aggregation of round %d failed; reopening the round", round_number)
+            self.reload()
+            return None
+        aggregation_seconds = time.perf_counter() - start
+        ckpt_start = time.perf_counter()
+        tensors, meta = self.strategy.state_dict()
+        digest_of_tensors = tensors_digest(tensors)
+        record = build_record(closing, aggregation_seconds, with_meta(digest_of_tensors, meta))
+        state = {
+            "strategy": meta,
+            "completed_rounds": self.strategy.round,
+            "history": history.state_with(record),
+            "spec": self.spec.to_dict(),
+            "spec_digest": self.spec_digest,
+        }
+        self._save_checkpoint(tensors, state, digest_of_tensors)
+        fault_point("aggregator.between_rounds", round_number)
+        record.checkpoint_seconds = round(time.perf_counter() - ckpt_start, 6)
+        record.timing.checkpoint_seconds = record.checkpoint_seconds
+        return record
+
+    def _save_checkpoint(
+        self, tensors: Mapping[str, torch.Tensor], state: dict, digest_of_tensors: str
+    ) -> None:
+        """Retry any failure (an OSError, or safetensors' own error on a full disk), then
+        give up with :class:`CheckpointFailure`: a round is never reported done unless it
+        is durable."""
+        for attempt in range(1, CHECKPOINT_ATTEMPTS + 1):
+            try:
+                self.store.save(self.strategy.round, tensors, state, digest_of_tensors)
+                return
+            except Exception:
+                log.exception(
+                    "writing the checkpoint failed (attempt %d of %d)",
+                    attempt, CHECKPOINT_ATTEMPTS,
+                )  # fmt: skip
+                if attempt < CHECKPOINT_ATTEMPTS:
+                    time.sleep(self.retry_seconds)
+        raise CheckpointFailure(
+            f"could not write the checkpoint of round {self.strategy.round} to {self.store.dir}"
+        )
+
+    def reload(self) -> None:
+        """The Strategy as of the last checkpoint (or the initial one)."""
+        fresh = Strategy(self.spec.federation(), self.spec.initial_state())
+        ckpt = self.store.load_latest()
+        if ckpt is not None:
+            fresh.load_state_dict(ckpt.tensors, ckpt.state["strategy"])
+        self.strategy = fresh

@@ -1,1 +1,0 @@
-"""CLI subcommands that belong to the core (simulation, demo, local deployment, benchmarks)."""

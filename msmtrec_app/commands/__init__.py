@@ -1,0 +1,1 @@
+"""Subcommands of the composition layer: simulate, demo, up, deploy, healthcheck, bench."""

@@ -1,0 +1,169 @@
+"""``msmtrec simulate``: the in-process federation over a data directory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from msmtrec.federation.config import METHODS
+from msmtrec.model.config import CTCVR_HEADS, PRESETS, TEMPLATES
+from msmtrec.training.config import TrainConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="run a federation of every scenario in one process and print the AUC table",
+        description="Every scenario directory under --data becomes a client. Prints one line "
+        "per round, selects the round by mean validation AUC, and writes results.json / "
+        "results.md (and auc_per_round.png with --plot) to --out.",
+    )
+    add_simulation_args(p)
+    p.set_defaults(func=run)
+
+
+def add_simulation_args(p: argparse.ArgumentParser) -> None:
+    from msmtrec_app.cli import add_threads_flag, existing_dir
+
+    p.add_argument(
+        "--data",
+        type=existing_dir,
+        required=True,
+        help="directory of <scenario>/{train,test}.{csv,parquet}",
+    )
+    p.add_argument("--strategy", "--method", dest="method", default="pfmsmtrec", choices=METHODS)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenarios", nargs="+", default=None, help="subset of scenarios")
+    p.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="tail of train held out for model selection",
+    )
+    p.add_argument("--local-epochs", type=int, default=TrainConfig.local_epochs)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default=None,
+        help="override the method's parameter template",
+    )
+    p.add_argument("--ctcvr-head", choices=CTCVR_HEADS, default=None)
+    p.add_argument("--mu", type=float, default=None, help="regularizer weight (method default)")
+    p.add_argument("--conflict", choices=("ca", "pcgrad", "none"), default=None)
+    p.add_argument("--ca-alpha", type=float, default=None)
+    p.add_argument("--ca-rescale", choices=("alpha", "alpha_sq", "none"), default=None)
+    p.add_argument(
+        "--template-l2",
+        type=float,
+        default=None,
+        help="λ of (λ/2)‖W_S, W_T‖², shrinking experts to W_G (method default)",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/simulate"))
+    p.add_argument("--plot", action="store_true", help="write auc_per_round.png")
+    p.add_argument("--progress", action="store_true", help="progress bar per local epoch")
+    p.add_argument(
+        "--publish-to",
+        type=Path,
+        default=None,
+        help="model registry directory to publish every scenario's model to",
+    )
+    p.add_argument(
+        "--publish-policy",
+        choices=("latest", "best-valid"),
+        default="latest",
+        help="latest: serve every new round; best-valid: serve a new version only if its "
+        "mean validation AUC is at least the served one's",
+    )
+    add_privacy_args(p)
+    add_threads_flag(p)
+
+
+def add_privacy_args(p: argparse.ArgumentParser) -> None:
+    """The record-level differential privacy flags (docs/PRIVACY.md), shared with ``up``."""
+    g = p.add_argument_group("differential privacy (DP-SGD of every client's training)")
+    g.add_argument(
+        "--dp-epsilon",
+        type=float,
+        default=None,
+        help="ε budget per client over all rounds (unset: no DP)",
+    )
+    g.add_argument("--dp-delta", type=float, default=None, help="δ (default 1/training rows)")
+    g.add_argument(
+        "--dp-max-grad-norm", type=float, default=None, help="per-sample clip C (default 1.0)"
+    )
+    g.add_argument(
+        "--dp-noise-multiplier",
+        type=float,
+        default=None,
+        help="fixed noise multiplier σ instead of calibrating it to --dp-epsilon",
+    )
+    g.add_argument(
+        "--dp-noise-seed",
+        type=int,
+        default=None,
+        help="seed of DP sampling and noise (simulate: default --seed; up: a secret one)",
+    )
+
+
+def privacy_from_args(args: argparse.Namespace):
+    """The :class:`~msmtrec.training.config.PrivacyConfig` of the ``--dp-*`` flags, or None."""
+    from msmtrec.training.config import PrivacyConfig
+
+    try:
+        return PrivacyConfig.from_values(
+            epsilon=args.dp_epsilon,
+            delta=args.dp_delta,
+            max_grad_norm=args.dp_max_grad_norm,
+            noise_multiplier=args.dp_noise_multiplier,
+            noise_seed=args.dp_noise_seed,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"error: {str(exc).replace('dp_', '--dp-').replace('_', '-')}") from None
+
+
+def config_from_args(args: argparse.Namespace):
+    from msmtrec.federation.config import experiment_overrides
+    from msmtrec.simulation import SimulationConfig
+
+    fed_overrides, model_overrides = experiment_overrides(args)
+    return SimulationConfig(
+        data_dir=args.data,
+        method=args.method,
+        rounds=args.rounds,
+        preset=args.preset,
+        seed=args.seed,
+        scenarios=tuple(args.scenarios) if args.scenarios else None,
+        valid_fraction=args.valid_fraction,
+        train=TrainConfig(
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            batch_size=args.batch_size,
+            local_epochs=args.local_epochs,
+        ),
+        model_overrides=model_overrides,
+        federation_overrides=fed_overrides,
+        progress=args.progress,
+        privacy=privacy_from_args(args),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from msmtrec.simulation import run_simulation, write_report
+
+    config = config_from_args(args)
+    on_round = None
+    if args.publish_to is not None:
+        from msmtrec.registry import publisher_for_simulation
+
+        on_round = publisher_for_simulation(args.publish_to, config, policy=args.publish_policy)
+    result = run_simulation(config, on_round=on_round)
+    print()
+    print(result.markdown())
+    paths = write_report(result, args.out, plot=args.plot)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
