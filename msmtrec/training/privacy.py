@@ -14,7 +14,7 @@ Why this shape (docs/PRIVACY.md has the full argument):
 * **Clipping by re-weighting**: the clipped sum Σᵢ cᵢ∇ℓᵢ is the gradient of Σᵢ cᵢℓᵢ, so the
   second backward pass is the ordinary batched one with per-row loss weights cᵢ. With an
   infinite clip every cᵢ is exactly 1.0 and, without noise, the step is the non-private step
-  bit for bit (tests/test_privacy.py).
+  bit for bit (tests/unit/test_privacy.py).
 * **BatchNorm normalises with fixed statistics** (:func:`freeze_batchnorm`): batch statistics
   make every row's output depend on the other rows, so no per-sample bound exists; the
   running statistics stay at their (data-independent) values and γ, β train privately.
