@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from tqdm.auto import tqdm
 from msmtrec.data.dataset import ScenarioData
 from msmtrec.model.mmoe import MultiTaskMMoE
 from msmtrec.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from msmtrec.training.privacy import PrivateTraining
 from msmtrec.training.metrics import TaskMetrics, evaluate_predictions
 
 __all__ = ["FitResult", "TrainConfig", "Trainer"]
@@ -163,9 +167,17 @@ class Trainer:
     tensors that leave the client to where the round started (PF-MSMTrec §6, FedProx), and
     ``shrink`` {name: λ} adds (λ/2)‖θ‖² on chosen tensors (the template's specific parts)."""
 
-    def __init__(self, model: MultiTaskMMoE, config: TrainConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: MultiTaskMMoE,
+        config: TrainConfig | None = None,
+        privacy: PrivateTraining | None = None,
+    ) -> None:
         self.model = model
         self.config = config or TrainConfig()
+        # DP-SGD for every fit of this model (Poisson batches, per-sample clipping, noise,
+        # BatchNorm with fixed statistics; msmtrec.training.privacy); None: plain training
+        self.privacy = privacy
 
     @staticmethod
     def _tensors(data: ScenarioData) -> TensorData:
@@ -227,6 +239,8 @@ class Trainer:
         n = len(td)
         model = self.model
         model.train()
+        if self.privacy is not None:
+            return self._fit_private(td, params, seed, epochs, anchor, mu, shrink, progress, desc)
         torch.manual_seed(seed)  # dropout; the permutation has its own generator below
         gen = torch.Generator().manual_seed(seed)
         groups, anchored = penalty_groups(params, cfg.weight_decay, anchor, mu, shrink)
@@ -264,6 +278,62 @@ class Trainer:
                 steps += 1
                 seen += len(idx)
                 bar.update(len(idx))
+        bar.close()
+        return FitResult(
+            num_samples=n,
+            steps=steps,
+            loss=total_loss / max(seen, 1),
+            seconds=time.perf_counter() - start,
+        )
+
+    def _fit_private(
+        self,
+        td: TensorData,
+        params: dict[str, torch.nn.Parameter],
+        seed: int,
+        epochs: int,
+        anchor: Mapping[str, torch.Tensor] | None,
+        mu: float,
+        shrink: Mapping[str, float] | None,
+        progress: bool,
+        desc: str,
+    ) -> FitResult:
+        """DP-SGD: ``epochs × ⌈n / batch⌉`` steps on Poisson-sampled batches (rate
+        batch / n, from the privacy's secret generator), each a clipped and noised gradient
+        of the trained tensors; the penalties are data-independent and added afterwards.
+        BatchNorm normalises with fixed statistics (a row's output must not depend on the
+        other rows of its batch)."""
+        from msmtrec.training.privacy import freeze_batchnorm
+
+        privacy = self.privacy
+        assert privacy is not None
+        cfg, model, n = self.config, self.model, len(td)
+        freeze_batchnorm(model)
+        torch.manual_seed(seed)  # dropout
+        groups, anchored = penalty_groups(params, cfg.weight_decay, anchor, mu, shrink)
+        optimizer = make_optimizer(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        anchored_params = [p for p, _ in anchored]
+        anchored_refs = [ref for _, ref in anchored]
+        penalized = [p for g, wd in groups if wd != cfg.weight_decay for p in g]
+        start = time.perf_counter()
+        total_loss, steps, seen = 0.0, 0, 0
+        total_steps = epochs * privacy.steps_per_epoch(n)
+        bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, leave=False)
+        for _ in range(total_steps):
+            idx = privacy.sample(n)
+            loss = privacy.step(
+                model, params, td.categorical[idx], td.numerical[idx], td.labels[idx], n
+            )
+            for p in penalized:  # as in _fit: a penalty alone still moves an unused tensor
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            if anchored:
+                torch._foreach_add_([p.grad for p in anchored_params], anchored_refs, alpha=-mu)
+            optimizer.step()
+            total_loss += loss * len(idx)
+            steps += 1
+            seen += len(idx)
+            bar.update(1)
         bar.close()
         return FitResult(
             num_samples=n,
