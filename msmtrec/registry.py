@@ -302,6 +302,9 @@ class ModelRegistry:
             "parameters": sum(p.numel() for p in model.parameters()),
             "torch_version": torch.__version__,
         }
+        privacy = getattr(source, "privacy_summary", None)
+        if callable(privacy) and privacy() is not None:  # ε spent by the training behind it
+            meta["privacy"] = _jsonable(privacy())
         with self._locked(scenario) as sdir:
             self._remove_stale_temps(sdir)
             served = self._served_identical(sdir, content, int(round))

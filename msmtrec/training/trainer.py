@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ from msmtrec.data.dataset import ScenarioData
 from msmtrec.device import autocast, check_precision, model_device
 from msmtrec.model.mmoe import MultiTaskMMoE
 from msmtrec.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from msmtrec.training.privacy import PrivateTraining
 from msmtrec.training.metrics import TaskMetrics, evaluate_predictions
 
 __all__ = ["FitResult", "TrainConfig", "Trainer"]
@@ -228,18 +232,28 @@ class Trainer:
     ``shrink`` {name: λ} adds (λ/2)‖θ‖² on chosen tensors (the template's specific parts).
 
     It trains where ``model``'s parameters are (move the model, not the trainer);
-    ``precision`` is ``fp32`` or ``bf16`` (autocast, float32 master weights)."""
+    ``precision`` is ``fp32`` or ``bf16`` (autocast, float32 master weights). ``privacy``
+    makes every fit DP-SGD (on the model's device too; fp32 only)."""
 
     def __init__(
-        self, model: MultiTaskMMoE, config: TrainConfig | None = None, *, precision: str = "fp32"
+        self,
+        model: MultiTaskMMoE,
+        config: TrainConfig | None = None,
+        privacy: PrivateTraining | None = None,
+        *,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
         self.config = config or TrainConfig()
         self.precision = check_precision(precision)
+        # DP-SGD for every fit of this model (Poisson batches, per-sample clipping, noise,
+        # BatchNorm with fixed statistics; msmtrec.training.privacy); None: plain training
+        self.privacy = privacy
 
     def for_model(self, model: MultiTaskMMoE) -> Trainer:
         """A trainer of another model with this one's settings, the model moved to this
-        trainer's device (a method's personal or fine-tuned copy)."""
+        trainer's device (a method's personal or fine-tuned copy). Not its privacy: a copy
+        that never leaves the client trains without DP-SGD."""
         return Trainer(model.to(model_device(self.model)), self.config, precision=self.precision)
 
     @staticmethod
@@ -302,8 +316,10 @@ class Trainer:
         n = len(td)
         model = self.model
         device = model_device(model)
-        feed = DeviceBatches(td, device, cfg.batch_size) if device.type == "cuda" else None
         model.train()
+        if self.privacy is not None:
+            return self._fit_private(td, params, seed, epochs, anchor, mu, shrink, progress, desc)
+        feed = DeviceBatches(td, device, cfg.batch_size) if device.type == "cuda" else None
         torch.manual_seed(seed)  # dropout; the permutation has its own generator below
         gen = torch.Generator().manual_seed(seed)
         groups, anchored = penalty_groups(params, cfg.weight_decay, anchor, mu, shrink)
@@ -352,6 +368,71 @@ class Trainer:
         bar.close()
         loss = float(total_loss) / max(seen, 1)  # on CUDA: waits for the last step
         return FitResult(num_samples=n, steps=steps, loss=loss, seconds=time.perf_counter() - start)
+
+    def _fit_private(
+        self,
+        td: TensorData,
+        params: dict[str, torch.nn.Parameter],
+        seed: int,
+        epochs: int,
+        anchor: Mapping[str, torch.Tensor] | None,
+        mu: float,
+        shrink: Mapping[str, float] | None,
+        progress: bool,
+        desc: str,
+    ) -> FitResult:
+        """DP-SGD: ``epochs × ⌈n / batch⌉`` steps on Poisson-sampled batches (rate
+        batch / n, from the privacy's secret generator), each a clipped and noised gradient
+        of the trained tensors; the penalties are data-independent and added afterwards.
+        BatchNorm normalises with fixed statistics (a row's output must not depend on the
+        other rows of its batch)."""
+        from msmtrec.training.privacy import freeze_batchnorm
+
+        privacy = self.privacy
+        assert privacy is not None
+        if self.precision != "fp32":
+            raise ValueError(
+                f"precision {self.precision!r} with differential privacy (dp_epsilon / "
+                "dp_noise_multiplier): the per-sample gradient norms are computed in float32 "
+                "only; use precision fp32"
+            )
+        cfg, model, n = self.config, self.model, len(td)
+        device = model_device(model)
+        freeze_batchnorm(model)
+        torch.manual_seed(seed)  # dropout
+        groups, anchored = penalty_groups(params, cfg.weight_decay, anchor, mu, shrink)
+        optimizer = make_optimizer(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        anchored_params = [p for p, _ in anchored]
+        anchored_refs = [ref for _, ref in anchored]
+        penalized = [p for g, wd in groups if wd != cfg.weight_decay for p in g]
+        start = time.perf_counter()
+        total_loss, steps, seen = 0.0, 0, 0
+        total_steps = epochs * privacy.steps_per_epoch(n)
+        bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, leave=False)
+        for _ in range(total_steps):
+            idx = privacy.sample(n)  # on the CPU, from the secret generator
+            # a Poisson batch has no size bound (no pinned buffers); .to is a no-op on the CPU
+            cat, num, labels = (
+                t[idx].to(device) for t in (td.categorical, td.numerical, td.labels)
+            )
+            loss = privacy.step(model, params, cat, num, labels, n)
+            for p in penalized:  # as in _fit: a penalty alone still moves an unused tensor
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            if anchored:
+                torch._foreach_add_([p.grad for p in anchored_params], anchored_refs, alpha=-mu)
+            optimizer.step()
+            total_loss += loss * len(idx)
+            steps += 1
+            seen += len(idx)
+            bar.update(1)
+        bar.close()
+        return FitResult(
+            num_samples=n,
+            steps=steps,
+            loss=total_loss / max(seen, 1),
+            seconds=time.perf_counter() - start,
+        )
 
     @torch.inference_mode()
     def predict(self, data: ScenarioData) -> np.ndarray:

@@ -215,3 +215,29 @@ def test_bf16_on_cuda_trains_with_float32_master_weights(small_splits):
     fit = Trainer(model, TRAIN, precision="bf16").fit(data.train, seed=1)
     assert np.isfinite(fit.loss)
     assert all(p.dtype == torch.float32 and p.is_cuda for p in model.parameters())
+
+
+def test_dp_sgd_on_cuda_equals_dp_sgd_on_the_cpu(small_splits):
+    """A private round on the GPU: the same Poisson batches and noise (the secret generator is
+    a CPU one either way), so the result is the CPU round's up to float32 summation order;
+    the accountant counts the same steps and ε."""
+    from msmtrec.training.config import PrivacyConfig
+
+    fed = resolve_method("pfmsmtrec")
+    privacy = PrivacyConfig(noise_multiplier=1.0, max_grad_norm=1.0, noise_seed=11)
+    out = {}
+    for device in ("cpu", "cuda"):
+        rt = ClientRuntime(
+            "S0", small_splits["S0"], _no_dropout(), fed, TRAIN, seed=0,
+            privacy=privacy, planned_rounds=1, device=device,
+        )  # fmt: skip
+        rt.receive(rt.shared_state(), completed_rounds=0)
+        update, fit = rt.train_round(1)
+        for t in update.params.values():
+            assert t.device.type == "cpu" and t.dtype == torch.float32
+        out[device] = (fit, rt.full_state(), rt.privacy_summary())
+    (fit_c, state_c, sum_c), (fit_g, state_g, sum_g) = out["cpu"], out["cuda"]
+    assert fit_c.steps == fit_g.steps > 0
+    assert abs(fit_c.loss - fit_g.loss) < 1e-4
+    assert sum_c["steps"] == sum_g["steps"] and sum_c["epsilon"] == sum_g["epsilon"]
+    _assert_states_close(state_g, state_c, "private round")

@@ -260,3 +260,34 @@ def test_service_settings_read_the_device_from_the_environment(monkeypatch):
     assert GatewaySettings(registry="r").device == "cuda"
     with pytest.raises(ValidationError, match="device"):
         GatewaySettings(registry="r", device="tpu")
+
+
+# ------------------------------------------------------------------- with privacy (DP-SGD)
+
+
+def test_dp_with_bf16_is_refused_naming_both_settings(small_splits, monkeypatch, tmp_path):
+    """DP-SGD runs in fp32 only: the client, the trainer, the client settings and the
+    commands refuse bf16 with DP, each naming the settings involved."""
+    from msmtrec.training.config import PrivacyConfig
+    from msmtrec.training.privacy import PrivateTraining
+    from msmtrec_app.cli import main
+    from scenario_client.settings import ClientSettings
+
+    privacy = PrivacyConfig(noise_multiplier=1.0, noise_seed=0)
+    fed = resolve_method("pfmsmtrec")
+    with pytest.raises(ValueError, match=r"precision 'bf16' with differential privacy"):
+        ClientRuntime(
+            "S0", small_splits["S0"], preset("small"), fed, TRAIN, 0,
+            privacy=privacy, planned_rounds=1, precision="bf16",
+        )  # fmt: skip
+    model = build_model(small_splits["S0"].schema, preset("small"), seed=0)
+    private = PrivateTraining(privacy, len(small_splits["S0"].train), 64, 1, seed=0)
+    with pytest.raises(ValueError, match=r"dp_noise_multiplier.*use precision fp32"):
+        Trainer(model, TRAIN, private, precision="bf16").fit(small_splits["S0"].train, seed=0)
+    monkeypatch.setenv("MSMTREC_CLIENT_PRECISION", "bf16")
+    monkeypatch.setenv("MSMTREC_CLIENT_DP_EPSILON", "4")
+    with pytest.raises(ValueError, match=r"precision 'bf16' with differential privacy"):
+        ClientSettings(scenario="S0", data="d")
+    with pytest.raises(SystemExit, match=r"--precision bf16 with differential privacy"):
+        main(["simulate", "--data", str(tmp_path), "--dp-epsilon", "4",
+              "--precision", "bf16", "--device", "cpu"])  # fmt: skip

@@ -70,6 +70,9 @@ def build_children(
         client += ["--precision", getattr(args, "precision", "fp32")]
         if args.tls:
             client += ["--ca-cert", str(secrets["tls:ca.pem"])]
+        for flag in ("epsilon", "delta", "max_grad_norm", "noise_multiplier", "noise_seed"):
+            if getattr(args, f"dp_{flag}", None) is not None:  # each client protects its rows
+                client += [f"--dp-{flag.replace('_', '-')}", str(getattr(args, f"dp_{flag}"))]
         children.append(_child(f"client {s}", "client", client, logs / f"client-{s}.log"))
     gateway = [
         "gateway", "--registry", str(run_dir / "registry"),

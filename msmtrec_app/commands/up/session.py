@@ -144,6 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--gateway-device", type=device_arg, default="cpu",
         help="where the gateway's engine runs: auto, cpu, cuda or cuda:N (default cpu)",
     )  # fmt: skip
+    from msmtrec_app.commands.simulate import add_privacy_args
+
+    add_privacy_args(p)  # handed to every client (each protects its own rows)
     p.add_argument("--verbose", action="store_true", help="stream every log line of every process")
     p.set_defaults(func=run)
 
@@ -463,6 +466,9 @@ def run(args: argparse.Namespace) -> int:
         and check_device_available(args.gateway_device, "up")
     ):
         return EXIT_USAGE
+    from msmtrec_app.commands.simulate import privacy_from_args
+
+    privacy_from_args(args)  # a bad --dp-* combination stops here, before any process starts
     up = Up(args, args.run_dir)
 
     def on_signal(signum: int, _frame: object) -> None:
