@@ -137,6 +137,11 @@ class RoundRecord(BaseModel):
     )
     state_checksum: str = Field(description="digest of the Strategy's state after this round")
     clients: dict[str, RoundClient]
+    dp_epsilon: dict[str, float] = Field(
+        default_factory=dict,
+        description="differential privacy: ε each private client reports having spent so far "
+        "(scenario → ε, from its submission's dp_epsilon; docs/PRIVACY.md)",
+    )
 
     def to_json_dict(self) -> dict:
         """The JSON form stored in history.json and in checkpoints."""
@@ -227,6 +232,11 @@ def build_record(
         personalization=(
             PersonalizationReport.model_validate(dict(personalization)) if personalization else None
         ),
+        dp_epsilon={
+            s.scenario: s.metrics["dp_epsilon"]
+            for s in closing.submissions
+            if "dp_epsilon" in s.metrics
+        },
     )
 
 

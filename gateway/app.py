@@ -165,7 +165,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     """A gateway app over ``settings.registry``; the watcher starts with the app's lifespan."""
     metrics = GatewayMetrics()
     registry = ModelRegistry(settings.registry)
-    store = ModelStore(registry, settings.feature_schema(), metrics, engine=settings.engine)
+    store = ModelStore(
+        registry, settings.feature_schema(), metrics, engine=settings.engine,
+        device=settings.device,
+    )  # fmt: skip
     watcher = RegistryWatcher(store, settings.poll_interval)
     predictor = Predictor(settings)
     executor = (
@@ -181,8 +184,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         torch.set_num_threads(settings.threads)
         watcher.start()
         log.info(
-            "gateway over %s: torch threads %d, inference workers %d, engine %s",
-            settings.registry, settings.threads, settings.workers, settings.engine,
+            "gateway over %s: torch threads %d, inference workers %d, engine %s on %s",
+            settings.registry, settings.threads, settings.workers, settings.engine, store.device,
         )  # fmt: skip
         try:
             yield

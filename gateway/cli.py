@@ -37,10 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from gateway.app import create_app
+    from msmtrec.device import resolve_device
     from servicekit.http_limits import BoundedHttpToolsProtocol
 
     try:
         settings = settings_from_args(args)
+        # CUDA asked for where there is none: exit 2 now, not at the first load
+        resolve_device(settings.device, "device (MSMTREC_GATEWAY_DEVICE)")
     except (ValidationError, ValueError, OSError) as exc:
         print(f"msmtrec gateway: invalid settings: {exc}")
         return 2

@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
+from msmtrec.device import DEVICE_HELP, check_device
 from servicekit.settings import ServiceSettings
 
 
@@ -43,12 +44,22 @@ class GatewaySettings(ServiceSettings):
     engine: Literal["compiled", "eager"] = Field(
         "compiled", description="compiled: template/BN/embedding folding; eager: the module"
     )
+    device: str = Field(
+        "cpu",
+        description=f"where the engine runs: {DEVICE_HELP}. cpu by default: the compiled "
+        "engine meets its latency targets on two cores; a GPU pays off for large batches",
+    )
     schema_file: Path | None = Field(
         None, description="JSON feature schema to serve (default: the AliExpress schema)"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log level of the gateway and uvicorn"
     )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
 
     @property
     def body_limit(self) -> int:

@@ -174,6 +174,46 @@ def add_threads_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def device_arg(value: str) -> str:
+    """argparse type of ``--device``: auto, cpu, cuda, cuda:N (checked without torch)."""
+    from msmtrec.device import check_device
+
+    try:
+        return check_device(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_device_flags(
+    parser: argparse.ArgumentParser, default: str = "auto", what: str = "the clients train"
+) -> None:
+    """``--device`` and ``--precision`` (msmtrec.device)."""
+    from msmtrec.device import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+
+    parser.add_argument(
+        "--device", type=device_arg, default=default,
+        help=f"where {what}: {DEVICE_HELP} (default {default})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help=f"{PRECISION_HELP} (default fp32)"
+    )
+
+
+def check_device_available(device: str, command: str) -> bool:
+    """False (after saying why) when ``device`` names CUDA that this machine lacks; torch is
+    imported only for an explicit cuda device (auto and cpu need no check)."""
+    if not device.startswith("cuda"):
+        return True
+    from msmtrec.device import resolve_device
+
+    try:
+        resolve_device(device, "--device")
+    except ValueError as exc:
+        print(f"msmtrec {command}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def existing_dir(value: str) -> Path:
     path = Path(value)
     if not path.is_dir():

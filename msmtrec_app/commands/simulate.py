@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_simulation_args(p: argparse.ArgumentParser) -> None:
-    from msmtrec_app.cli import add_threads_flag, existing_dir
+    from msmtrec_app.cli import add_device_flags, add_threads_flag, existing_dir
 
     p.add_argument(
         "--data",
@@ -112,7 +112,59 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
         help="latest: serve every new round; best-valid: serve a new version only if its "
         "mean validation AUC is at least the served one's",
     )
+    add_privacy_args(p)
     add_threads_flag(p)
+    add_device_flags(p)
+
+
+def add_privacy_args(p: argparse.ArgumentParser) -> None:
+    """The record-level differential privacy flags (docs/PRIVACY.md), shared with ``up``."""
+    g = p.add_argument_group("differential privacy (DP-SGD of every client's training)")
+    g.add_argument(
+        "--dp-epsilon",
+        type=float,
+        default=None,
+        help="ε budget per client over all rounds (unset: no DP)",
+    )
+    g.add_argument("--dp-delta", type=float, default=None, help="δ (default 1/training rows)")
+    g.add_argument(
+        "--dp-max-grad-norm", type=float, default=None, help="per-sample clip C (default 1.0)"
+    )
+    g.add_argument(
+        "--dp-noise-multiplier",
+        type=float,
+        default=None,
+        help="fixed noise multiplier σ instead of calibrating it to --dp-epsilon",
+    )
+    g.add_argument(
+        "--dp-noise-seed",
+        type=int,
+        default=None,
+        help="seed of DP sampling and noise (simulate: default --seed; up: a secret one)",
+    )
+
+
+def privacy_from_args(args: argparse.Namespace):
+    """The :class:`~msmtrec.training.config.PrivacyConfig` of the ``--dp-*`` flags, or None."""
+    from msmtrec.training.config import PrivacyConfig
+
+    try:
+        privacy = PrivacyConfig.from_values(
+            epsilon=args.dp_epsilon,
+            delta=args.dp_delta,
+            max_grad_norm=args.dp_max_grad_norm,
+            noise_multiplier=args.dp_noise_multiplier,
+            noise_seed=args.dp_noise_seed,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"error: {str(exc).replace('dp_', '--dp-').replace('_', '-')}") from None
+    precision = getattr(args, "precision", "fp32")
+    if privacy is not None and precision != "fp32":
+        raise SystemExit(
+            f"error: --precision {precision} with differential privacy (--dp-epsilon / "
+            "--dp-noise-multiplier): private training runs in fp32 only"
+        )
+    return privacy
 
 
 def add_method_flag(p: argparse.ArgumentParser, default: str = "pfmsmtrec") -> None:
@@ -153,6 +205,9 @@ def config_from_args(args: argparse.Namespace):
         model_overrides=model_overrides,
         federation_overrides=fed_overrides,
         progress=args.progress,
+        device=getattr(args, "device", "cpu"),
+        precision=getattr(args, "precision", "fp32"),
+        privacy=privacy_from_args(args),
     )
 
 
@@ -160,9 +215,14 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from aggregator.dashboard import write_static_report
+    from msmtrec.device import device_name, resolve_device
     from msmtrec.simulation import run_simulation, write_report
+    from msmtrec_app.cli import check_device_available
 
+    if not check_device_available(args.device, "simulate"):
+        return 2
     config = config_from_args(args)
+    print(f"clients train on {device_name(resolve_device(config.device))} in {config.precision}")
     on_round = None
     if args.publish_to is not None:
         from msmtrec.registry import publisher_for_simulation

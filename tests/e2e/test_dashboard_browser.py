@@ -40,9 +40,11 @@ SCENARIOS = ("NL", "ES", "FR")
 TASKS = ("ctr", "ctcvr")
 
 
-def _close_round(fed: Federation, r: int) -> None:
+def _close_round(fed: Federation, r: int, *, private: bool = False) -> None:
     """One round: every scenario submits a distinct update; the round closes; each reports
-    the evaluation of the model it received (numbers made up, shaped as clients send)."""
+    the evaluation of the model it received (numbers made up, shaped as clients send).
+    ``private``: each submission also reports the ε it has spent (``dp_epsilon``), as a
+    client with --dp-epsilon does, which the round record keeps."""
     wait_until(lambda: fed.status().phase is Phase.OPEN, 20, f"round {r} to open")
     for i, s in enumerate(SCENARIOS):
         payload = fed.payload(s).encoded
@@ -51,9 +53,11 @@ def _close_round(fed: Federation, r: int) -> None:
             {n: t + 0.003 * (i + 1) * (1 + (t.numel() % (i + 2))) for n, t in start.items()},
             fed.strategy.names,
         )
+        metrics = {"train_loss": 0.5, "train_seconds": 0.2}
+        if private:
+            metrics["dp_epsilon"] = _epsilon(r, i)
         ticket = fed.begin_submission(
-            s, r, 100 * (i + 1), {"train_loss": 0.5, "train_seconds": 0.2}, enc.specs,
-            len(enc.buffer),
+            s, r, 100 * (i + 1), metrics, enc.specs, len(enc.buffer)
         )  # fmt: skip
         fed.complete_submission(ticket, enc.buffer, len(enc.buffer))
     fed.tick()
@@ -68,6 +72,10 @@ def _close_round(fed: Federation, r: int) -> None:
             for split in ("valid", "test")
         }
         fed.report_metrics(s, r, evals, {"eval_seconds": 0.1})
+
+
+def _epsilon(r: int, i: int) -> float:
+    return 0.5 * r + 0.1 * i
 
 
 @pytest.fixture
@@ -123,9 +131,17 @@ def test_live_dashboard_in_a_browser(live_federation, tmp_path):
         cells = driver.find_elements("css selector", "#clients-table td:nth-child(2)")
         states = [e.text for e in cells]
         assert states and all(s in ("live", "submitted") for s in states)
-        # live update: the fourth round closes, the page follows without a reload
-        _close_round(fed, 4)
+        assert not driver.find_element("id", "epsilon").is_displayed()  # no ε recorded yet
+        # live update: the fourth round closes, the page follows without a reload; its
+        # clients trained privately, so the round record's dp_epsilon puts ε on the page
+        _close_round(fed, 4, private=True)
         _check_views(driver, 4, 4)
+        assert fed.rounds_list()[-1].dp_epsilon == {
+            s: _epsilon(4, i) for i, s in enumerate(SCENARIOS)
+        }
+        wait_until(lambda: driver.find_element("id", "epsilon").is_displayed(), 30, "ε badge")
+        top = max(_epsilon(4, i) for i in range(len(SCENARIOS)))
+        assert driver.find_element("id", "epsilon").text == f"ε spent {top:.3f}"
         wait_until(lambda: driver.find_element("id", "phase").text == "finished", 30, "finished")
         save_artifact(driver, tmp_path, "dashboard.png")
         urls = requested_urls(driver)

@@ -43,6 +43,7 @@ from typing import Any
 
 from aggregator.records import RoundRecord
 from aggregator.views import StatusView
+from msmtrec_app.cli import add_device_flags, check_device_available, device_arg
 from msmtrec_app.commands.up.children import (
     build_children,
     check_services,
@@ -149,6 +150,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="longest wait for the next round to complete (default 300 s)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (1)")
+    add_device_flags(p)
+    p.add_argument(
+        "--gateway-device", type=device_arg, default="cpu",
+        help="where the gateway's engine runs: auto, cpu, cuda or cuda:N (default cpu)",
+    )  # fmt: skip
+    from msmtrec_app.commands.simulate import add_privacy_args
+
+    add_privacy_args(p)  # handed to every client (each protects its own rows)
     p.add_argument("--verbose", action="store_true", help="stream every log line of every process")
     p.set_defaults(func=run)
 
@@ -464,6 +473,14 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.rows < 10:
         say("msmtrec up: --rounds must be >= 1 and --rows >= 10")
         return EXIT_USAGE
+    if not (
+        check_device_available(args.device, "up")
+        and check_device_available(args.gateway_device, "up")
+    ):
+        return EXIT_USAGE
+    from msmtrec_app.commands.simulate import privacy_from_args
+
+    privacy_from_args(args)  # a bad --dp-* combination stops here, before any process starts
     up = Up(args, args.run_dir)
 
     def on_signal(signum: int, _frame: object) -> None:
