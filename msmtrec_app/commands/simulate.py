@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from msmtrec.federation.config import METHODS
@@ -83,6 +84,36 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="λ of (λ/2)‖W_S, W_T‖², shrinking experts to W_G (method default)",
+    )
+    p.add_argument(
+        "--personal-form",
+        choices=("add", "interp"),
+        default=None,
+        help="personalized aggregation: interp mixes the own delta and the shared update by a; "
+        "add puts a times the shared update on top (method default)",
+    )
+    p.add_argument(
+        "--hyper-grad",
+        choices=("raw", "cosine"),
+        default=None,
+        help="hyper-gradient of a, b: raw or cosine-normalised (method default)",
+    )
+    p.add_argument(
+        "--attention-temperature",
+        type=float,
+        default=None,
+        help="τ of the tower attention softmax(cos/τ); unset: FedHCA²'s scaled dot product",
+    )
+    p.add_argument("--init-weight", type=float, default=None, help="initial a, b (method default)")
+    p.add_argument(
+        "--hyper-lr", type=float, default=None, help="learning rate of a, b (method default)"
+    )
+    p.add_argument("--ditto-lambda", type=float, default=None, help="ditto's λ (ditto only)")
+    p.add_argument(
+        "--finetune-epochs", type=int, default=None, help="fedavg-ft's most epochs (fedavg-ft only)"
+    )
+    p.add_argument(
+        "--head-epochs", type=int, default=None, help="FedRep's head epochs (fedrep only)"
     )
     p.add_argument(
         "--out",
@@ -222,6 +253,11 @@ def run(args: argparse.Namespace) -> int:
     if not check_device_available(args.device, "simulate"):
         return 2
     config = config_from_args(args)
+    try:
+        config.resolved()  # a knob the method lacks or a bad value: one line, not a traceback
+    except ValueError as exc:
+        print(f"msmtrec simulate: {exc}", file=sys.stderr)
+        return 2
     print(f"clients train on {device_name(resolve_device(config.device))} in {config.precision}")
     on_round = None
     if args.publish_to is not None:
