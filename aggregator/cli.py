@@ -31,10 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_service_arguments(p, AggregatorSettings)
     p.set_defaults(func=run_serve)
-    tools = p.add_subparsers(dest="aggregator_command", metavar="TOOL")
+    # optional: without a TOOL the aggregator serves ("[TOOL]": argparse would print it bare)
+    tools = p.add_subparsers(dest="aggregator_command", metavar="[TOOL]", required=False)
 
     certs = tools.add_parser("make-dev-certs", help="development CA, server and client certs")
-    certs.add_argument("--out", type=Path, required=True)
+    certs.add_argument("--out", type=Path, required=True, help="output directory")
     certs.add_argument("--clients", nargs="*", default=[], help="client certificate names")
     certs.add_argument(
         "--hosts",
@@ -42,12 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=["127.0.0.1", "localhost", "::1"],
         help="server certificate subject alternative names",
     )
-    certs.add_argument("--days", type=int, default=30)
+    certs.add_argument("--days", type=int, default=30, help="certificate validity in days")
     certs.set_defaults(func=run_make_certs)
 
     tokens = tools.add_parser("make-tokens", help="random per-scenario bearer tokens")
-    tokens.add_argument("--scenarios", nargs="+", required=True)
-    tokens.add_argument("--out", type=Path, required=True)
+    tokens.add_argument("--scenarios", nargs="+", required=True, help="one token each")
+    tokens.add_argument("--out", type=Path, required=True, help="output directory")
     tokens.set_defaults(func=run_make_tokens)
 
     table = tools.add_parser("settings-table", help="print the Markdown settings table")

@@ -87,7 +87,12 @@ class RoundCloser:
         ckpt_start = time.perf_counter()
         tensors, meta = self.strategy.state_dict()
         digest_of_tensors = tensors_digest(tensors)
-        record = build_record(closing, aggregation_seconds, with_meta(digest_of_tensors, meta))
+        record = build_record(
+            closing,
+            aggregation_seconds,
+            with_meta(digest_of_tensors, meta),
+            personalization=self.strategy.last_report,
+        )
         state = {
             "strategy": meta,
             "completed_rounds": self.strategy.round,

@@ -505,6 +505,7 @@ class Federation:
                 client.client_timings = {**(client.client_timings or {}), **clean_timings}
             client.publish_error = problem
             self.history.write()
+        self.hooks.evaluation_reported(round_number, scenario, clean)
         valid = clean.get("valid", {})
         log.info(
             "round %d: %s evaluated its personalized model: valid AUC %s",

@@ -18,6 +18,7 @@ class Hooks(Protocol):
     def bytes_in(self, scenario: str, n: int) -> None: ...
     def bytes_out(self, scenario: str, n: int) -> None: ...
     def round_closed(self, record: RoundRecord) -> None: ...
+    def evaluation_reported(self, round_number: int, scenario: str, evals: dict) -> None: ...
 
 
 class NoHooks:
@@ -31,4 +32,7 @@ class NoHooks:
         pass
 
     def round_closed(self, record: RoundRecord) -> None:
+        pass
+
+    def evaluation_reported(self, round_number: int, scenario: str, evals: dict) -> None:
         pass

@@ -44,6 +44,12 @@ class FederationMetrics:
         self.clients_connected = Gauge(
             "msmtrec_clients_connected", "Joined clients that are live", registry=r
         )
+        self.dp_epsilon = Gauge(
+            "msmtrec_client_dp_epsilon",
+            "Differential privacy: ε a client has spent so far, as its last submission reports",
+            ["scenario"],
+            registry=r,
+        )
         self.current_round = Gauge("msmtrec_current_round", "Open round number", registry=r)
         self.completed_rounds = Gauge(
             "msmtrec_completed_rounds", "Rounds completed (including before a restart)", registry=r
@@ -68,6 +74,11 @@ class FederationMetrics:
         self.rounds.inc()
         self.round_duration.observe(record.duration_seconds)
         self.aggregation.observe(record.aggregation_seconds)
+        for scenario, eps in record.dp_epsilon.items():
+            self.dp_epsilon.labels(scenario).set(eps)
+
+    def evaluation_reported(self, round_number: int, scenario: str, evals: dict) -> None:
+        pass  # evaluations are in /v1/rounds, not in Prometheus
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,6 +72,48 @@ class RoundTiming(BaseModel):
     wall_seconds: float | None = Field(None, description="set once the next round opened")
 
 
+class ConflictAverseWeights(BaseModel):
+    """One expert's conflict-averse plan: its step size ``c`` and the clients' weights w*
+    (None where the plan fell back to the plain mean)."""
+
+    model_config = _RECORD_CONFIG
+    c: float
+    w: dict[str, float] | None = None
+
+
+class LearnFrom(BaseModel):
+    """Who learns from whom: ``part[c][j]`` is the weight with which client j's delta
+    entered client c's new parameters beyond c's own (rows are learners)."""
+
+    model_config = _RECORD_CONFIG
+    experts: dict[str, dict[str, float]] | None = Field(
+        None, description="mean over experts of a_{c,k}·m_{k,j} (conflict-averse mixing)"
+    )
+    towers: dict[str, dict[str, float]] | None = Field(
+        None, description="mean over tower layers of b_{c,l}·attention_{c,j}"
+    )
+
+
+class PersonalizationReport(BaseModel):
+    """What the server's personalization did in a round: the core's ``Strategy.last_report``
+    (msmtrec.federation.strategy), typed. Absent for methods without server-side
+    personalization (FedAvg and friends)."""
+
+    model_config = _RECORD_CONFIG
+    round: int | None = None
+    clients: list[str] = Field(default_factory=list, description="the aggregated clients")
+    a: dict[str, list[float]] | None = Field(
+        None, description="client → effective expert weight a_{c,k}, one per expert"
+    )
+    b: dict[str, dict[str, float]] | None = Field(
+        None, description="client → tower layer → effective tower weight b_{c,l}"
+    )
+    ca: dict[str, ConflictAverseWeights] | None = Field(
+        None, description="expert index → conflict-averse plan"
+    )
+    learn_from: LearnFrom | None = None
+
+
 class RoundRecord(BaseModel):
     """A completed round."""
 
@@ -91,10 +133,20 @@ class RoundRecord(BaseModel):
     aggregation_seconds: float
     checkpoint_seconds: float | None = None
     timing: RoundTiming
+    personalization: PersonalizationReport | None = Field(
+        None,
+        description="the server's personalization this round (who learns from whom); "
+        "None for methods without it",
+    )
     state_checksum: str = Field(description="digest of the Strategy's state after this round")
     clients: dict[str, RoundClient]
     sampled: list[str] | None = Field(
         None, description="partial participation: the clients this round sampled (null: all)"
+    )
+    dp_epsilon: dict[str, float] = Field(
+        default_factory=dict,
+        description="differential privacy: ε each private client reports having spent so far "
+        "(scenario → ε, from its submission's dp_epsilon; docs/PRIVACY.md)",
     )
 
     def to_json_dict(self) -> dict:
@@ -119,9 +171,13 @@ class ClosingRound:
 
 
 def build_record(
-    closing: ClosingRound, aggregation_seconds: float, state_checksum: str
+    closing: ClosingRound,
+    aggregation_seconds: float,
+    state_checksum: str,
+    personalization: Mapping[str, Any] | None = None,
 ) -> RoundRecord:
-    """The record of a round whose aggregation just finished (checkpoint still to come)."""
+    """The record of a round whose aggregation just finished (checkpoint still to come);
+    ``personalization`` is the Strategy's ``last_report`` of that aggregation."""
     clients: dict[str, RoundClient] = {}
     for s in closing.submissions:
         d = closing.downloads.get(s.scenario, {})
@@ -181,6 +237,14 @@ def build_record(
         state_checksum=state_checksum,
         clients=clients,
         sampled=list(closing.sampled) if closing.sampled is not None else None,
+        personalization=(
+            PersonalizationReport.model_validate(dict(personalization)) if personalization else None
+        ),
+        dp_epsilon={
+            s.scenario: s.metrics["dp_epsilon"]
+            for s in closing.submissions
+            if "dp_epsilon" in s.metrics
+        },
     )
 
 

@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from aggregator.checkpoint import CheckpointStore
 from aggregator.closing import CheckpointFailure, CloseFailure
 from aggregator.federation import Federation
+from aggregator.hooks import Hooks
 from aggregator.metrics import FederationMetrics
 from aggregator.service import CallLimits, FederationServicer
 from aggregator.settings import AggregatorSettings
@@ -91,7 +92,7 @@ def server_credentials(settings: AggregatorSettings) -> grpc.ServerCredentials |
 
 
 def build_federation(
-    settings: AggregatorSettings, metrics: FederationMetrics | None = None
+    settings: AggregatorSettings, metrics: Hooks | None = None
 ) -> tuple[Federation, TokenTable]:
     tokens = load_tokens(settings.tokens_file, settings.tokens)
     if not tokens and not settings.insecure_dev:
@@ -136,9 +137,20 @@ class Aggregator:
         # Before anything in the state directory is read or cleaned up: a second aggregator
         # on the same directory refuses here (StateDirBusy), touching nothing.
         self.state_lock = StateDirLock(Path(settings.state_dir)).acquire()
+        self.tracking = None
+        hooks = self.metrics
         try:
-            self.federation, self.tokens = build_federation(settings, self.metrics)
+            if settings.tensorboard is not None:
+                from aggregator.tracking import TensorBoardHooks
+                from servicekit.tracking import TensorBoardTracker
+
+                hooks = self.tracking = TensorBoardHooks(
+                    self.metrics, TensorBoardTracker(settings.tensorboard)
+                )
+            self.federation, self.tokens = build_federation(settings, hooks)
         except BaseException:
+            if self.tracking is not None:
+                self.tracking.close()
             self.state_lock.release()
             raise
         self.metrics.bind(self.federation)
@@ -291,6 +303,8 @@ class Aggregator:
             self.status.stop()
         if self.controller is not None:
             self.controller.join(timeout=max(0.5, deadline - time.monotonic()))
+        if self.tracking is not None:
+            self.tracking.close()
         self.state_lock.release()
         return self.exit_code
 

@@ -150,6 +150,11 @@ class AggregatorSettings(ServiceSettings):
     checkpoint_retry_seconds: float = Field(
         1.0, ge=0, description="pause between two tries of a checkpoint write"
     )
+    tensorboard: Path | None = Field(
+        None,
+        description="directory for TensorBoard event files: per round AUC per scenario × task, "
+        "loss, bytes, personalization weights (unset: none written)",
+    )
 
     # --------------------------------------------------------------------- security
     tokens_file: Path | None = Field(None, description="YAML/JSON mapping scenario → bearer token")

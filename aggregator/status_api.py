@@ -13,16 +13,20 @@ import time
 from collections.abc import Callable
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from aggregator.dashboard import STATIC_DIR, index_html
 from aggregator.federation import Federation
 from aggregator.metrics import FederationMetrics
 from aggregator.records import RoundRecord
 from aggregator.views import ClientView, StatusView, client_views, status_view
 from msmtrec import __version__
+from servicekit.api_docs import add_offline_docs
 from servicekit.http_limits import BoundedHttpToolsProtocol
+from servicekit.problems import Problem, install_problem_handlers, problem_response
 
 
 def create_app(
@@ -34,7 +38,21 @@ def create_app(
         title="msmtrec aggregator status",
         version=__version__,
         description="Read-only status of a PF-MSMTrec federation (rounds, clients, metrics).",
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)  # Swagger UI and ReDoc from local files, no CDN
+    install_problem_handlers(app)  # every 4xx/5xx as RFC 9457 problem details
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("dashboard")  # relative: works behind a path prefix too
+
+    @app.get("/dashboard", include_in_schema=False, response_class=HTMLResponse)
+    def dashboard() -> HTMLResponse:
+        return HTMLResponse(index_html(), headers={"Cache-Control": "no-cache"})
+
+    app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
 
     @app.get("/healthz", summary="The process is alive")
     def healthz() -> dict[str, str]:
@@ -45,15 +63,16 @@ def create_app(
         summary="The gRPC server accepts calls and the state is loaded",
         responses={503: {"description": "not ready yet"}},
     )
-    def readyz() -> JSONResponse:
-        ok = ready() and federation.ready
-        return JSONResponse(
-            {
-                "status": "ready" if ok else "starting",
-                "phase": federation.status().phase.value,
-                "storage_problem": federation.storage_problem(),
-            },
-            status_code=200 if ok else 503,
+    def readyz() -> Response:
+        phase = federation.status().phase.value
+        storage = federation.storage_problem()
+        if ready() and federation.ready:
+            return JSONResponse({"status": "ready", "phase": phase, "storage_problem": storage})
+        return problem_response(
+            "not-ready",
+            "the gRPC server or the federation state is not up yet",
+            phase=phase,
+            storage_problem=storage,
         )
 
     @app.get("/v1/status", response_model=StatusView, summary="Current round and its waits")
@@ -74,7 +93,7 @@ def create_app(
         for rec in federation.rounds_list():
             if rec.round == n:
                 return rec
-        raise HTTPException(404, f"round {n} has not completed")
+        raise Problem("not-found", f"round {n} has not completed", field="n")
 
     @app.get("/v1/clients", response_model=list[ClientView], summary="Scenarios and liveness")
     def clients() -> list[ClientView]:

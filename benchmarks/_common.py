@@ -64,6 +64,8 @@ def machine() -> dict[str, Any]:
 
         info["torch"] = torch.__version__
         info["numpy"] = numpy.__version__
+        if torch.cuda.is_available():  # the accelerator a GPU run used (issue #17)
+            info["gpu"] = f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"
     except ImportError:  # pragma: no cover - the project always has both
         pass
     return info
@@ -218,7 +220,7 @@ class Report:
             f"{m['python']}, torch {m.get('torch', '?')}, numpy {m.get('numpy', '?')}; torch "
             f"threads pinned to {self.threads}; load average {m['load_start']} at start, "
             f"{loadavg():.2f} at end (shared machine: other jobs use the same cores); "
-            f"{seconds:.0f} s.",
+            f"{seconds:.0f} s." + (f" GPU: {m['gpu']}." if m.get("gpu") else ""),
             "",
         ]
         return "\n".join([*head, *self.lines, "", ""])

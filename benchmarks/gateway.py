@@ -222,12 +222,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_gateway(registry: Path, port: int, threads: int, workers: int, engine: str):
+def start_gateway(
+    registry: Path, port: int, threads: int, workers: int, engine: str, device: str = "cpu"
+):
     cmd = [
         sys.executable, "-m", "msmtrec_app.cli", "gateway", "--registry", str(registry),
         "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
         "--workers", str(workers), "--engine", engine, "--log-level", "warning",
-        "--max-batch", "1000",
+        "--max-batch", "1000", "--device", device,
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
@@ -292,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         "the machine; reported in the results",
     )
     p.add_argument("--max-seconds", type=float, default=60.0, help="cap per run")
+    p.add_argument(
+        "--device", default="cpu", help="the server's engine device: cpu, cuda, cuda:N (cpu)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: few requests, c=1,2")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "gateway.md")
     p.add_argument("--json", type=Path, default=None, help="also write raw figures as JSON")
@@ -327,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         del served, compiled
 
         port = free_port()
-        proc = start_gateway(registry, port, args.threads, args.workers, args.engine)
+        proc = start_gateway(registry, port, args.threads, args.workers, args.engine, args.device)
         runs: list[RunResult] = []
         try:
             cpu_server = {}
@@ -355,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     when = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
-        f"## {args.preset} preset, {args.engine} engine — {when}",
+        f"## {args.preset} preset, {args.engine} engine on {args.device} — {when}",
         "",
         f"`{command}`",
         "",

@@ -3,6 +3,8 @@
     python benchmarks/training.py                     # small and paper presets, 2 threads
     python benchmarks/training.py --presets paper --repeats 5
     python benchmarks/training.py --candidates textbook additive3 additive2   # a subset
+    python benchmarks/training.py --device cuda --presets paper --batch-sizes 512 4096 \
+        --precision fp32 bf16 --rows paper=262144        # on a GPU (benchmarks/gpu_check.sh)
 
 For each preset, one local epoch over the same rows, alternated (A B C, B C A, …):
 
@@ -32,6 +34,14 @@ model's Trainer ≥ 0.80 × the textbook MMoE at the ``paper`` preset (``additiv
 ``additive2``, whichever the method's default template is). Also reported: the one-off cost
 of the first optimizer of a process (torch.optim.Adam's first construction imports
 torch._dynamo), measured in fresh interpreters.
+
+On a GPU (``--device cuda``, issue #17) every candidate runs there, each timed between two
+``torch.cuda.synchronize()`` calls: the yardstick's batches are gathered onto the GPU before
+the clock, the Trainer's are gathered on the CPU into pinned memory and copied inside the
+clock (what a client does). ``--precision bf16`` runs every candidate's forward and backward
+under the same autocast (float32 weights). Targets on an H100/H200-class GPU: the default
+model's Trainer ≥ 200,000 samples/s at the paper preset, batch 4096, bf16, and ≥ 0.80 × the
+textbook MMoE on the same GPU.
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ from torch import nn
 
 from msmtrec.data.dataset import ScenarioData
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
+from msmtrec.device import autocast, device_name, resolve_device
 from msmtrec.federation.config import resolve_method
 from msmtrec.federation.groups import Group, classify
 from msmtrec.model import ModelConfig, build_model, preset
@@ -59,6 +70,7 @@ from msmtrec.training.trainer import TrainConfig, Trainer
 
 TARGET = 0.80  # issue #11: default model's Trainer ÷ textbook MMoE, paper preset
 TARGET_PLAIN = 0.90  # issue #6: Trainer ÷ the same model in the textbook loop
+TARGET_GPU_SAMPLES = 200_000  # issue #17: paper preset, batch 4096, bf16, H100/H200 class
 ROWS = {"small": 65_536, "paper": 4_096}
 QUICK_ROWS = {"small": 2_048, "paper": 512}
 TEMPLATES = ("additive3", "additive2", "none")
@@ -151,22 +163,29 @@ def plain_epoch(
     batches: list[tuple[torch.Tensor, ...]],
     cfg: TrainConfig,
     fused: bool = False,
+    precision: str = "fp32",
 ) -> None:
-    """The textbook PyTorch loop over pre-gathered batches (any model taking (cat, num))."""
+    """The textbook PyTorch loop over pre-gathered batches (any model taking (cat, num)), on
+    the batches' device, under autocast for ``bf16``."""
     model.train()
     optimizer = torch.optim.Adam(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None
     )
+    device = next(model.parameters()).device
     for cat, num, y in batches:
-        loss = F.binary_cross_entropy_with_logits(model(cat, num), y)
+        with autocast(device, precision):
+            logits = model(cat, num)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
 
-def same_batches(data: ScenarioData, seed: int, cfg: TrainConfig) -> list[tuple[torch.Tensor, ...]]:
+def same_batches(
+    data: ScenarioData, seed: int, cfg: TrainConfig, device: torch.device | None = None
+) -> list[tuple[torch.Tensor, ...]]:
     """The Trainer's batches for ``seed`` (same generator, same permutation, same rule for a
-    trailing single row), gathered up front."""
+    trailing single row), gathered up front (onto ``device`` when given)."""
     cat = torch.from_numpy(data.categorical)
     num = torch.from_numpy(data.numerical)
     lab = torch.from_numpy(data.labels)
@@ -175,7 +194,8 @@ def same_batches(data: ScenarioData, seed: int, cfg: TrainConfig) -> list[tuple[
     for lo in range(0, len(data), cfg.batch_size):
         idx = perm[lo : lo + cfg.batch_size]
         if len(idx) >= 2:
-            out.append((cat[idx].clone(), num[idx].clone(), lab[idx].float()))
+            batch = (cat[idx].clone(), num[idx].clone(), lab[idx].float())
+            out.append(tuple(t.to(device) for t in batch) if device is not None else batch)
     return out
 
 
@@ -234,21 +254,28 @@ def bench_preset(
     report: C.Report,
     max_seconds: float,
     keys: Sequence[str] = CANDIDATES,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+    batch_size: int = TrainConfig.batch_size,
 ) -> dict:
-    cfg = TrainConfig()
+    device = device or torch.device("cpu")
+    cuda = device.type == "cuda"
+    cfg = TrainConfig(batch_size=batch_size)
     data = random_rows(rows)
-    batches = same_batches(data, seed=1, cfg=cfg)
+    batches = same_batches(data, seed=1, cfg=cfg, device=device)
     fed = resolve_method("pfmsmtrec")
     lam = fed.template_l2  # the client's shrinkage rule (msmtrec.federation.client)
 
-    textbook = textbook_model(preset(name), seed=0)
+    textbook = textbook_model(preset(name), seed=0).to(device)
     textbook_initial = copy.deepcopy(textbook.state_dict())
     models = {}
     for template in TEMPLATES:
         if any(k.split("-")[0] == template for k in keys) or (
             template == "additive3" and "plain" in keys
         ):
-            models[template] = build_model(ALIEXPRESS, preset(name, template=template), seed=0)
+            models[template] = build_model(ALIEXPRESS, preset(name, template=template), seed=0).to(
+                device
+            )
     ref_params = count_parameters(build_model(ALIEXPRESS, preset(name, template="none"), seed=0))
     if count_parameters(textbook) != ref_params:  # same sizes, or the ratio means nothing
         raise AssertionError(
@@ -258,24 +285,28 @@ def bench_preset(
     initial = {t: copy.deepcopy(m.state_dict()) for t, m in models.items()}
 
     def timed(fn: Callable[[], None]) -> float:
+        if cuda:
+            torch.cuda.synchronize(device)
         t0 = C.time.perf_counter()
         fn()
+        if cuda:
+            torch.cuda.synchronize(device)
         return C.time.perf_counter() - t0
 
     def textbook_run(fused: bool) -> Callable[[], float]:
         def run() -> float:
             textbook.load_state_dict(textbook_initial)
-            return timed(lambda: plain_epoch(textbook, batches, cfg, fused=fused))
+            return timed(lambda: plain_epoch(textbook, batches, cfg, fused, precision))
 
         return run
 
     def plain_run() -> float:
         models["additive3"].load_state_dict(initial["additive3"])
-        return timed(lambda: plain_epoch(models["additive3"], batches, cfg))
+        return timed(lambda: plain_epoch(models["additive3"], batches, cfg, False, precision))
 
     def trainer_run(template: str, pf_round: bool) -> Callable[[], float]:
         model = models[template]
-        trainer = Trainer(model, cfg)
+        trainer = Trainer(model, cfg, precision=precision)
         state = model.state_dict()
         sent_names = fed.parameter_groups().sent_names(state)
         anchor = {n: t.detach().clone() for n, t in state.items() if n in sent_names}
@@ -283,6 +314,8 @@ def bench_preset(
 
         def run() -> float:
             model.load_state_dict(initial[template])
+            if cuda:  # fit's clock ends on the loss read, which waits for the last step
+                torch.cuda.synchronize(device)
             if pf_round:
                 return trainer.fit(data, seed=1, anchor=anchor, mu=fed.mu, shrink=shrink).seconds
             return trainer.fit(data, seed=1).seconds
@@ -319,21 +352,34 @@ def bench_preset(
         result[key] = {"samples_per_s": rows / med, "ratio": ratio, "seconds": ts}
         rows_out.append(
             (label(key), f"{params / 1e6:.2f} M", f"{rows / med:,.0f}", C.spread(ts),
-             f"{ratio:.3f}", verdict(key, name, ratio), vs_plain),
+             f"{ratio:.3f}", verdict(key, name, ratio), vs_plain,
+             gpu_verdict(key, name, rows / med, batch_size, precision) if cuda else ""),
         )  # fmt: skip
+    where = f"{device_name(device)}, {precision}" if cuda else f"CPU, {precision}"
     report.add(
         "",
-        f"**{name}** preset ({ref_params / 1e6:.2f} M parameters in the textbook MMoE), "
-        f"{rows:,} rows = {len(batches)} batches of {cfg.batch_size}, one epoch per run; "
-        f"pfmsmtrec round: μ = {fed.mu:g}, λ = {lam:g}:",
+        f"**{name}** preset ({ref_params / 1e6:.2f} M parameters in the textbook MMoE) on "
+        f"{where}: {rows:,} rows = {len(batches)} batches of {cfg.batch_size}, one epoch per "
+        f"run; pfmsmtrec round: μ = {fed.mu:g}, λ = {lam:g}:",
         "",
     )
-    report.table(
-        ("candidate", "parameters", "samples/s", "epoch time median (min–max, n)",
-         "÷ textbook", f"≥ {TARGET:.2f} (paper)", f"÷ plain (≥ {TARGET_PLAIN:.2f})"),
-        rows_out,
+    header = (
+        "candidate", "parameters", "samples/s", "epoch time median (min–max, n)",
+        "÷ textbook", f"≥ {TARGET:.2f} (paper)", f"÷ plain (≥ {TARGET_PLAIN:.2f})",
     )  # fmt: skip
+    if cuda:
+        header += (f"≥ {TARGET_GPU_SAMPLES:,} /s (paper, 4096, bf16)",)
+    report.table(header, [r if cuda else r[:-1] for r in rows_out])
     return result
+
+
+def gpu_verdict(key: str, preset_name: str, samples: float, batch: int, precision: str) -> str:
+    """The issue #17 throughput target: the method's templates, paper, batch 4096, bf16."""
+    if key.split("-")[0] not in ROUND_TEMPLATES:
+        return ""
+    if (preset_name, batch, precision) != ("paper", 4096, "bf16"):
+        return "(not the target setting)"
+    return "met" if samples >= TARGET_GPU_SAMPLES else "MISSED"
 
 
 def profile_step(preset_name: str, steps: int, report: C.Report) -> None:
@@ -427,8 +473,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--profile", action="store_true", help="also profile one step per preset (torch profiler)"
     )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument(
+        "--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+        help="one table per precision (bf16: autocast, float32 weights)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-sizes", nargs="+", type=int, default=[TrainConfig.batch_size],
+        help=f"one table per batch size (default {TrainConfig.batch_size})",
+    )  # fmt: skip
     C.add_common_flags(p)
     args = p.parse_args(argv)
+    try:
+        device = resolve_device(args.device, "--device")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     if args.quick:
         args.repeats, args.max_seconds = 2, 30.0
     rows = parse_rows(args.rows, args.quick)
@@ -442,10 +501,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{TARGET_PLAIN:.2f} × the same model in the textbook loop (issue #6).",
     )
     for name in args.presets:
-        bench_preset(name, rows[name], args.repeats, report, args.max_seconds, args.candidates)
-        if args.profile:
+        for batch_size in args.batch_sizes:
+            for precision in args.precision:
+                bench_preset(
+                    name, rows[name], args.repeats, report, args.max_seconds, args.candidates,
+                    device, precision, batch_size,
+                )  # fmt: skip
+        if args.profile and device.type == "cpu":
             profile_step(name, 2 if args.quick else 5, report)
-    if not args.quick:
+    if not args.quick and device.type == "cpu":
         cold = first_optimizer_seconds()
         report.add(
             "",

@@ -33,6 +33,13 @@ from gateway.store import ModelStore, ServingModel
 from gateway.watcher import RegistryWatcher
 from msmtrec.data.schema import FeatureSchema
 from msmtrec.registry import ModelRegistry
+from servicekit.api_docs import add_offline_docs
+from servicekit.problems import (
+    PROBLEM_JSON,
+    install_problem_handlers,
+    problem_body,
+    problem_response,
+)
 from servicekit.ratelimit import TokenBuckets
 
 log = logging.getLogger("msmtrec.gateway")
@@ -43,8 +50,9 @@ def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> R
     return Response(orjson.dumps(payload), status_code=status, media_type=JSON, headers=headers)
 
 
-def _error(status: int, detail: str, **extra: Any) -> Response:
-    return _json(status, {"detail": detail, **extra})
+def _problem(slug: str, detail: str, **extra: Any) -> bytes:
+    """An RFC 9457 problem body (servicekit.problems), encoded on the hot path."""
+    return orjson.dumps(problem_body(slug, detail, **extra))
 
 
 class Predictor:
@@ -64,7 +72,7 @@ class Predictor:
         except InstanceError as exc:
             model.validation_errors()
             model.observe_invalid(time.perf_counter() - start)
-            return 422, orjson.dumps({"detail": str(exc), "loc": exc.loc})
+            return 422, _problem("invalid-request", str(exc), field=exc.loc)
         n = len(batch.numerical)
         if batch.oov is not None:
             for j in batch.oov.nonzero()[0]:
@@ -79,7 +87,7 @@ class Predictor:
             log.exception("forward failed for %s %s", model.scenario, model.version)
             model.internal_errors()
             model.observe_error(time.perf_counter() - start)
-            return 500, orjson.dumps({"detail": "internal error during inference"})
+            return 500, _problem("internal-error", "internal error during inference")
         payload = orjson.dumps(
             {
                 "scenario": model.scenario,
@@ -122,7 +130,7 @@ def predict_openapi(schema: FeatureSchema, max_batch: int) -> dict[str, Any]:
                           "maxItems": max_batch},
         },
     }  # fmt: skip
-    error = {"content": {JSON: {"schema": {"type": "object"}}}}
+    error = {"content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
     return {
         "requestBody": {
             "required": True,
@@ -142,13 +150,14 @@ def predict_openapi(schema: FeatureSchema, max_batch: int) -> dict[str, Any]:
                 },
             },
             "404": {"description": "unknown scenario (the known ones are listed)", **error},
+            "500": {"description": "the forward pass failed", **error},
             "413": {"description": "body larger than the configured limit", **error},
             "422": {
                 "description": "a missing feature, a wrong type or too many instances; "
                 "the message names the field and the instance",
                 **error,
             },
-            "431": {"description": "request headers larger than 64 KiB", **error},
+            "431": {"description": "request line and headers larger than 64 KiB", **error},
             "429": {
                 "description": "over the per-client rate (rate_limit_per_second); see the "
                 "Retry-After header",
@@ -163,7 +172,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     """A gateway app over ``settings.registry``; the watcher starts with the app's lifespan."""
     metrics = GatewayMetrics()
     registry = ModelRegistry(settings.registry)
-    store = ModelStore(registry, settings.feature_schema(), metrics, engine=settings.engine)
+    store = ModelStore(
+        registry, settings.feature_schema(), metrics, engine=settings.engine,
+        device=settings.device,
+    )  # fmt: skip
     watcher = RegistryWatcher(store, settings.poll_interval)
     predictor = Predictor(settings)
     executor = (
@@ -184,8 +196,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         torch.set_num_threads(settings.threads)
         watcher.start()
         log.info(
-            "gateway over %s: torch threads %d, inference workers %d, engine %s",
-            settings.registry, settings.threads, settings.workers, settings.engine,
+            "gateway over %s: torch threads %d, inference workers %d, engine %s on %s",
+            settings.registry, settings.threads, settings.workers, settings.engine, store.device,
         )  # fmt: skip
         try:
             yield
@@ -199,7 +211,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         title="msmtrec gateway",
         description="Per-scenario CTR/CTCVR predictions from the PF-MSMTrec model registry",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)  # Swagger UI and ReDoc from local files, no CDN
+    install_problem_handlers(app)  # every 4xx/5xx as RFC 9457 problem details
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics
@@ -215,9 +231,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             wait = buckets.take(request.client.host if request.client else "")
             if wait > 0:
                 metrics.errors.labels(UNKNOWN, "rate_limited").inc()
-                return _json(
-                    429,
-                    {"detail": f"over {settings.rate_limit_per_second:g} requests/s per client"},
+                return problem_response(
+                    "rate-limited",
+                    f"over {settings.rate_limit_per_second:g} requests/s per client",
                     headers={"Retry-After": str(max(1, math.ceil(wait)))},
                 )
         model = store.get(scenario)  # the one reference this request uses to the end
@@ -226,27 +242,37 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         raw = await _read_body(request, body_limit)
         if raw is None:
             model.validation_errors()
-            return _error(413, f"body: larger than {body_limit} bytes", loc="body")
+            return problem_response(
+                "body-too-large", f"body: larger than {body_limit} bytes", field="body"
+            )
         if executor is None:
             status, payload = predictor(model, raw)
         else:
             loop = asyncio.get_running_loop()
             status, payload = await loop.run_in_executor(executor, predictor, model, raw)
-        return Response(payload, status_code=status, media_type=JSON)
+        return Response(
+            payload, status_code=status, media_type=JSON if status < 400 else PROBLEM_JSON
+        )
 
     def _missing(scenario: str) -> Response:
         if scenario in store.known:
             metrics.errors.labels(scenario, "not_loaded").inc()
             refusal = store.refusals.get(scenario)
             why = f": {refusal.reason}" if refusal else ""
-            return _json(
-                503,
-                {"detail": f"scenario {scenario!r} has no loaded model yet{why}"},
+            return problem_response(
+                "model-not-loaded",
+                f"scenario {scenario!r} has no loaded model yet{why}",
+                field="scenario",
                 headers={"Retry-After": "1"},
             )
         metrics.errors.labels(UNKNOWN, "unknown_scenario").inc()
         known = sorted(store.snapshot())
-        return _error(404, f"unknown scenario {scenario!r}; known scenarios: {known}", known=known)
+        return problem_response(
+            "unknown-scenario",
+            f"unknown scenario {scenario!r}; known scenarios: {known}",
+            field="scenario",
+            known=known,
+        )
 
     @app.get("/v1/scenarios")
     def scenarios() -> Response:
@@ -276,7 +302,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         versions = {s: m.version for s, m in store.snapshot().items()}
         if ready:
             return _json(200, {"status": "ready", "scenarios": versions})
-        return _json(503, {"status": "not ready", "waiting_for": waiting, "scenarios": versions})
+        return problem_response(
+            "not-ready",
+            "waiting for: " + "; ".join(f"{s}: {why}" for s, why in sorted(waiting.items())),
+            waiting_for=waiting,
+            scenarios=versions,
+        )
 
     @app.get("/metrics")
     def prometheus() -> Response:

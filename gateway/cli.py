@@ -3,50 +3,31 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from gateway.settings import GatewaySettings
+    from servicekit.settings import add_service_arguments
+
     p = sub.add_parser(
         "gateway",
+        allow_abbrev=False,
         help="serve per-scenario CTR/CTCVR predictions from a model registry",
         description="FastAPI prediction gateway over a model registry (msmtrec simulate "
-        "--publish-to, or the federation's scenario clients). Flags override "
-        "MSMTREC_GATEWAY_* environment variables. See docs/GATEWAY.md.",
+        "--publish-to, or the federation's scenario clients). Settings: flag > env "
+        "MSMTREC_GATEWAY_* > --config file > default. See docs/GATEWAY.md.",
     )
-    p.add_argument("--registry", type=Path, default=None, help="registry root directory")
-    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default 8080)")
-    p.add_argument("--max-batch", type=int, default=None, help="instances per request (1000)")
-    p.add_argument("--poll-interval", type=float, default=None, help="seconds between scans (2)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1)")
-    p.add_argument("--workers", type=int, default=None, help="inference threads, 0 = inline (2)")
-    p.add_argument("--engine", choices=("compiled", "eager"), default=None)
-    p.add_argument("--schema-file", type=Path, default=None, help="JSON feature schema")
-    p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
-    p.add_argument(
-        "--rate-limit-per-second",
-        type=float,
-        default=None,
-        help="predict requests per second per client, 0 = off (0)",
-    )
-    p.add_argument("--rate-limit-burst", type=int, default=None, help="burst per client (50)")
+    add_service_arguments(p, GatewaySettings)
     p.set_defaults(func=run)
 
 
-SETTING_FLAGS = ("registry", "host", "port", "max_batch", "poll_interval", "threads", "workers",
-                 "engine", "schema_file", "log_level", "rate_limit_per_second",
-                 "rate_limit_burst")  # fmt: skip
-
-
 def settings_from_args(args: argparse.Namespace):
-    """Flags given on the command line win over MSMTREC_GATEWAY_* variables and defaults."""
+    """Flags given on the command line win over MSMTREC_GATEWAY_* variables, the --config
+    file and the defaults."""
     from gateway.settings import GatewaySettings
-    from servicekit.settings import check_environment
+    from servicekit.settings import load_settings, overrides_from_args
 
-    check_environment(GatewaySettings)
-    overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
-    return GatewaySettings(**overrides)
+    return load_settings(GatewaySettings, getattr(args, "config", None), overrides_from_args(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,11 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from gateway.app import create_app
+    from msmtrec.device import resolve_device
     from servicekit.http_limits import BoundedHttpToolsProtocol
 
     try:
         settings = settings_from_args(args)
-    except (ValidationError, ValueError) as exc:
+        # CUDA asked for where there is none: exit 2 now, not at the first load
+        resolve_device(settings.device, "device (MSMTREC_GATEWAY_DEVICE)")
+    except (ValidationError, ValueError, OSError) as exc:
         print(f"msmtrec gateway: invalid settings: {exc}")
         return 2
     logging.basicConfig(

@@ -17,13 +17,19 @@ Folding is done in float64 and cast to float32 once, so the compiled model agree
 eager model's own forward to float32 rounding; :func:`compile_model` checks that on a random
 batch and refuses the version if it does not (a guard against a model change this module
 does not know about).
+
+**Device** (issue #17): folding always runs on the CPU in float64 from the registry's CPU
+float32 weights; with ``device="cuda[:N]"`` the folded tensors are then moved to the GPU and
+checked again against the CPU eager reference (same tolerance). Either engine takes CPU
+tensors and returns CPU float32 probabilities, so the request path does not change.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +76,7 @@ class CompiledMMoE:
         kv = self.num_experts * self.num_views
         d = cfg.embed_dim
         n_cat = model.schema.num_categorical
+        self.device = torch.device("cpu")
         with torch.no_grad():
             # -- first expert layer (+ BN) and the gates share the input e: one fused weight
             layers = list(experts.layers)
@@ -128,6 +135,21 @@ class CompiledMMoE:
                 )
                 self.towers.append((blocks, head))
 
+    def to(self, device: torch.device | str) -> CompiledMMoE:
+        """A copy whose folded tensors live on ``device`` (this one is left as it is)."""
+        device = torch.device(device)
+        out = copy.copy(self)
+        out.device = device
+        for name in ("table", "offsets", "num_weight_t", "bias0"):
+            setattr(out, name, getattr(self, name).to(device))
+        out.deep = [(w.to(device), b.to(device), n) for w, b, n in self.deep]
+
+        def move(layer: _Layer) -> _Layer:
+            return replace(layer, weight_t=layer.weight_t.to(device), bias=layer.bias.to(device))
+
+        out.towers = [([move(b) for b in blocks], move(head)) for blocks, head in self.towers]
+        return out
+
     def logits(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
         batch = numerical.shape[0]
         pre = torch.addmm(self.bias0, numerical, self.num_weight_t)
@@ -153,7 +175,12 @@ class CompiledMMoE:
         return torch.stack(outs, dim=1)
 
     def __call__(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(categorical, numerical))
+        """CPU probabilities (B, T) float32 from CPU inputs, wherever the engine lives."""
+        if self.device.type == "cpu":
+            return torch.sigmoid(self.logits(categorical, numerical))
+        cat = categorical.to(self.device, non_blocking=True)
+        num = numerical.to(self.device, non_blocking=True)
+        return torch.sigmoid(self.logits(cat, num)).cpu()
 
 
 class EagerMMoE:
@@ -162,9 +189,19 @@ class EagerMMoE:
     def __init__(self, model: MultiTaskMMoE) -> None:
         self.model = model.eval()
         self.tasks = tuple(model.tasks)
+        self.device = next(model.parameters()).device
+
+    def to(self, device: torch.device | str) -> EagerMMoE:
+        """An engine over a copy of the module on ``device``."""
+        return EagerMMoE(copy.deepcopy(self.model).to(device))
 
     def __call__(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(categorical, numerical))
+        """CPU probabilities (B, T) float32 from CPU inputs, wherever the module lives."""
+        if self.device.type == "cpu":
+            return torch.sigmoid(self.model(categorical, numerical))
+        cat = categorical.to(self.device, non_blocking=True)
+        num = numerical.to(self.device, non_blocking=True)
+        return torch.sigmoid(self.model(cat, num)).cpu()
 
 
 Engine = CompiledMMoE | EagerMMoE
@@ -181,24 +218,47 @@ def random_batch(model: MultiTaskMMoE, rows: int, seed: int = 0) -> tuple[torch.
     return cat, num
 
 
-def compile_model(model: MultiTaskMMoE, kind: str = "compiled") -> Engine:
+def compile_model(
+    model: MultiTaskMMoE, kind: str = "compiled", device: torch.device | str = "cpu"
+) -> Engine:
     """Build the serving engine and prove it on a random batch: the version must give finite
     probabilities (else ValueError: the version is refused), and the compiled engine must
-    agree with the eager forward (else the eager module is served instead)."""
+    agree with the eager forward (else the eager module is served instead). ``model`` is on
+    the CPU (as the registry loads it); on another ``device`` the engine is moved there and
+    must still agree with the CPU reference (else the CPU engine is served, loudly)."""
     model.eval()
     cat, num = random_batch(model, 64)
     with torch.inference_mode():
         reference = torch.sigmoid(model(cat, num))
         if not torch.isfinite(reference).all():
             raise ValueError("smoke forward produced non-finite probabilities")
-        if kind != "compiled":
-            return EagerMMoE(model)
-        try:
-            engine = CompiledMMoE(model)
-            err = float((engine(cat, num) - reference).abs().max())
-        except (ValueError, RuntimeError, AttributeError, IndexError, KeyError) as exc:
-            log.error("cannot compile the model (%s); serving the eager module", exc)
-            return EagerMMoE(model)
+        engine: Engine = (
+            EagerMMoE(model) if kind != "compiled" else _compiled(model, cat, num, reference)
+        )
+        device = torch.device(device)
+        if device.type == "cpu":
+            return engine
+        moved = engine.to(device)
+        err = float((moved(cat, num) - reference).abs().max())
+    if err > CHECK_ATOL or math.isnan(err):
+        log.error(
+            "the engine on %s differs from the CPU reference by %.2e; serving it on the CPU",
+            device, err,
+        )  # fmt: skip
+        return engine
+    return moved
+
+
+def _compiled(
+    model: MultiTaskMMoE, cat: torch.Tensor, num: torch.Tensor, reference: torch.Tensor
+) -> Engine:
+    """The compiled engine if it matches ``reference`` on the check batch, else the eager one."""
+    try:
+        engine = CompiledMMoE(model)
+        err = float((engine(cat, num) - reference).abs().max())
+    except (ValueError, RuntimeError, AttributeError, IndexError, KeyError) as exc:
+        log.error("cannot compile the model (%s); serving the eager module", exc)
+        return EagerMMoE(model)
     if err > CHECK_ATOL or math.isnan(err):
         # A folding bug (or a model change this module does not know) must not cost
         # correctness: serve the module itself, slower, and say so loudly.

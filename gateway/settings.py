@@ -1,24 +1,29 @@
 """Gateway settings: command-line flags override ``MSMTREC_GATEWAY_*`` environment variables,
-which override the defaults below (pydantic-settings)."""
+which override a ``--config`` file, which overrides the defaults below. The flags, their
+help (default and variable name) and the documentation table all derive from this model
+(servicekit.settings), as for the aggregator and the client."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
+from msmtrec.device import DEVICE_HELP, check_device
+from servicekit.settings import ServiceSettings
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="MSMTREC_GATEWAY_", extra="ignore")
+    section: ClassVar[str] = "gateway"
 
     registry: Path = Field(description="model registry root directory")
     host: str = Field("127.0.0.1", description="bind address (loopback unless deployed)")
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port")
     max_batch: int = Field(1000, ge=1, description="most instances per predict request")
     max_body_bytes: int | None = Field(
         None, ge=1024, description="largest request body; default 64 KiB + 8 KiB per instance"
@@ -39,6 +44,11 @@ class GatewaySettings(BaseSettings):
     engine: Literal["compiled", "eager"] = Field(
         "compiled", description="compiled: template/BN/embedding folding; eager: the module"
     )
+    device: str = Field(
+        "cpu",
+        description=f"where the engine runs: {DEVICE_HELP}. cpu by default: the compiled "
+        "engine meets its latency targets on two cores; a GPU pays off for large batches",
+    )
     schema_file: Path | None = Field(
         None, description="JSON feature schema to serve (default: the AliExpress schema)"
     )
@@ -52,7 +62,14 @@ class GatewaySettings(BaseSettings):
     rate_limit_burst: int = Field(
         50, ge=1, description="predict requests a client may make at once before the rate applies"
     )
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="log level of the gateway and uvicorn"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return check_device(v)
 
     @property
     def body_limit(self) -> int:

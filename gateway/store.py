@@ -25,6 +25,7 @@ from gateway.engine import Engine, compile_model
 from gateway.features import FeaturePlan
 from gateway.metrics import GatewayMetrics
 from msmtrec.data.schema import FeatureSchema
+from msmtrec.device import resolve_device
 from msmtrec.registry import ModelRegistry, RegistryError, VersionInfo, version_sequence
 
 log = logging.getLogger("msmtrec.gateway")
@@ -71,11 +72,13 @@ class ModelStore:
         schema: FeatureSchema,
         metrics: GatewayMetrics,
         engine: str = "compiled",
+        device: str = "cpu",
     ) -> None:
         self.registry = registry
         self.schema = schema
         self.metrics = metrics
         self.engine_kind = engine
+        self.device = resolve_device(device)
         self._models: dict[str, ServingModel] = {}
         self._write_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
@@ -140,7 +143,7 @@ class ModelStore:
                 f"{scenario}/{version}: feature schema differs from the gateway's "
                 f"({_schema_diff(loaded.schema, self.schema)})"
             )
-        engine = compile_model(loaded.model, self.engine_kind)
+        engine = compile_model(loaded.model, self.engine_kind, self.device)
         m = self.metrics
         return ServingModel(
             scenario=scenario,

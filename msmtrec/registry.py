@@ -54,6 +54,7 @@ from safetensors.torch import save as st_save
 
 from msmtrec.codec import tensors_digest
 from msmtrec.data.schema import FeatureSchema
+from msmtrec.device import host_tensors
 from msmtrec.faults import fault_point
 from msmtrec.identity import SCENARIO_NAME_RULE, is_scenario_name
 from msmtrec.model.config import PRESETS, ModelConfig
@@ -285,7 +286,7 @@ class ModelRegistry:
         if int(round) < 0:
             raise ValueError("round must be >= 0")
         model = _model_of(source)
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        state = host_tensors(model.state_dict())  # CPU float32 whatever the device
         content = tensors_digest(state)
         extra = dict(extra or {})
         meta: dict[str, Any] = {
@@ -301,6 +302,9 @@ class ModelRegistry:
             "parameters": sum(p.numel() for p in model.parameters()),
             "torch_version": torch.__version__,
         }
+        privacy = getattr(source, "privacy_summary", None)
+        if callable(privacy) and privacy() is not None:  # ε spent by the training behind it
+            meta["privacy"] = _jsonable(privacy())
         with self._locked(scenario) as sdir:
             self._remove_stale_temps(sdir)
             served = self._served_identical(sdir, content, int(round))

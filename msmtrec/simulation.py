@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from msmtrec.data.dataset import ScenarioSplits
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
+from msmtrec.device import host_tensors
 from msmtrec.federation.client import ClientRuntime
 from msmtrec.federation.config import FederationConfig, ResolvesExperiment
 from msmtrec.federation.methods import get_method
 from msmtrec.federation.sampling import round_participants
 from msmtrec.federation.strategy import Strategy
 from msmtrec.model.config import ModelConfig
+from msmtrec.training.config import PrivacyConfig
 from msmtrec.training.history import Log, RoundRecord, round_line
 from msmtrec.training.history import fmt_metric as _fmt
 from msmtrec.training.metrics import TaskMetrics, mean_auc
@@ -46,6 +48,13 @@ class SimulationConfig(ResolvesExperiment):
     # (the only rounds per-scenario selection reads; the others record None and no mean).
     # Saves the test pass of most rounds in long benchmark grids.
     lazy_test: bool = False
+    # Where the clients train (auto, cpu, cuda[:N]) and in what precision (fp32, bf16); local
+    # to this run, not part of the experiment protocol: what is aggregated is CPU float32.
+    device: str = "cpu"
+    precision: str = "fp32"
+    # record-level DP of every client's training (docs/PRIVACY.md); the budget covers
+    # `rounds`. The simulation seeds the noise from `seed` unless privacy sets its own.
+    privacy: PrivacyConfig | None = None
 
 
 def per_scenario_selection(history: list[RoundRecord]) -> dict[str, dict[str, Any]]:
@@ -149,6 +158,11 @@ def run_simulation(
     model_cfg = config.model_config()
     runner = get_method(fed.method).pooled_runner
     if runner is not None:  # a pooled, non-federated reference (central methods)
+        if config.privacy is not None and config.privacy.enabled:
+            raise ValueError(
+                f"method {config.method!r} pools every scenario's data: differential privacy "
+                "of what leaves a client does not apply to it"
+            )
         history = runner(config, fed, model_cfg, splits, log)
     else:
         history = _run_federated(config, fed, model_cfg, splits, log, on_round)
@@ -168,6 +182,8 @@ def run_simulation(
         "valid_fraction": config.valid_fraction,
         "scenarios": list(splits),
     }
+    if config.privacy is not None and config.privacy.enabled:
+        cfg["privacy"] = config.privacy.to_dict()
     return SimulationResult(config.method, cfg, history, best.round)
 
 
@@ -186,12 +202,26 @@ def _run_federated(
     log: Log,
     on_round: Callable[[int, dict[str, ClientRuntime]], None] | None,
 ) -> list[RoundRecord]:
+    privacy = config.privacy
+    if privacy is not None and privacy.enabled and privacy.noise_seed is None:
+        privacy = replace(privacy, noise_seed=config.seed)  # reproducible research runs
     clients = {
-        s: ClientRuntime(s, sp, model_cfg, fed, config.train, config.seed)
+        s: ClientRuntime(
+            s,
+            sp,
+            model_cfg,
+            fed,
+            config.train,
+            config.seed,
+            device=config.device,
+            precision=config.precision,
+            privacy=privacy,
+            planned_rounds=config.rounds,
+        )
         for s, sp in sorted(splits.items())
     }
     first = next(iter(clients.values()))
-    strategy = Strategy(fed, first.model.state_dict())
+    strategy = Strategy(fed, host_tensors(first.model.state_dict()))
     for s, c in clients.items():
         c.receive(strategy.payload(s), completed_rounds=0)
     tasks = first.model.tasks
@@ -232,6 +262,7 @@ def _run_federated(
             None if config.lazy_test else mean_auc(test),
             strategy.last_report or None,
         )
+        rec.epsilon = {s: c.privacy.epsilon for s, c in clients.items() if c.privacy is not None}
         history.append(rec)
         log(round_line(rec, config.rounds, tasks))
         if on_round is not None:

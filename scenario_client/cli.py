@@ -56,6 +56,13 @@ def run(args: argparse.Namespace) -> int:
     )
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    from msmtrec.device import resolve_device
+
+    try:  # CUDA asked for on a machine without it: a settings error, not a crash mid-join
+        resolve_device(settings.device, "device (MSMTREC_CLIENT_DEVICE)")
+    except ValueError as exc:
+        print(f"msmtrec client: invalid settings: {exc}")
+        return 2
     try:
         client = ScenarioClient(settings)
     except (ClientError, OSError) as exc:

@@ -39,9 +39,11 @@ from msmtrec.codec import (
     encode,
     signature_of,
 )
+from msmtrec.device import device_name
 from msmtrec.faults import fault_point
 from msmtrec.federation.client import ClientRuntime
 from msmtrec.spec import FederationSpec
+from msmtrec.training.privacy import PrivacyBudgetExceeded
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.refusals import Reason
@@ -175,8 +177,10 @@ class ScenarioClient:
         except (DataValidationError, FileNotFoundError) as exc:
             raise DataError(f"cannot load this scenario's data: {exc}") from None
         self.runtime = ClientRuntime(
-            self.scenario, splits, spec.model_config(), spec.federation(), spec.train, spec.seed
-        )
+            self.scenario, splits, spec.model_config(), spec.federation(), spec.train, spec.seed,
+            privacy=self.settings.privacy(), planned_rounds=spec.rounds,
+            device=self.settings.device, precision=self.settings.precision,
+        )  # fmt: skip
         self.signature = signature_of(self.runtime.shared_state(), self.runtime.sent_names)
         # (No optimizer warm-up: the Trainer's fused Adam does not import torch._dynamo.)
         self.meta = StateMeta(self.scenario, self.spec_digest)
@@ -185,16 +189,29 @@ class ScenarioClient:
             tensors, meta = restored
             self.runtime.load_full_state(tensors)
             self.meta = meta
+            if self.runtime.privacy is not None:
+                self.runtime.privacy.load_state(meta.privacy)
             log.info(
                 "%s: resumed local state from %s (trained round %d, evaluated round %d)",
                 self.scenario, self.state.path, meta.trained_round, meta.evaluated_round,
             )  # fmt: skip
         log.info(
             "%s: %d train / %d valid / %d test rows; method %s, preset %s, %d rounds; "
-            "shared parameters %.2f MB",
+            "shared parameters %.2f MB; training on %s in %s",
             self.scenario, len(splits.train), len(splits.valid), len(splits.test), spec.method,
             spec.preset, spec.rounds, sum(s.nbytes for s in self.signature) / 1e6,
+            device_name(self.runtime.device), self.settings.precision,
         )  # fmt: skip
+        if self.runtime.privacy is not None:
+            p = self.runtime.privacy.summary()
+            log.info(
+                "%s: differential privacy on: budget ε %s, δ %.3g over %d planned private "
+                "steps (%d rounds); noise multiplier %.4g, clip %g, sample rate %.4g; "
+                "ε spent so far %.3f",
+                self.scenario, p["epsilon_budget"] or "unset (fixed noise)", p["delta"],
+                p["planned_steps"], spec.rounds, p["noise_multiplier"], p["max_grad_norm"],
+                p["sample_rate"], p["epsilon"],
+            )  # fmt: skip
 
     def _join(self) -> pb.RoundStatus:
         response = self.conn.call(
@@ -309,6 +326,8 @@ class ScenarioClient:
 
     # --------------------------------------------------------------------------- rounds
     def _save(self) -> None:
+        if self.runtime.privacy is not None:
+            self.meta.privacy = self.runtime.privacy.state()
         self.state.save(self.runtime.full_state(), self.meta)
 
     def _evaluate_and_report(self, completed: int, timings: dict[str, float]) -> None:
@@ -412,8 +431,8 @@ class ScenarioClient:
             encoded,
             update.num_samples,
             {
-                "train_loss": float(fit.loss),
-                "train_seconds": float(fit.seconds),
+                # train_loss (not with DP), train_seconds, and dp_epsilon spent so far, …
+                **{k: float(v) for k, v in self.runtime.round_metrics(fit).items()},
                 "steps": float(fit.steps),
                 "download_seconds": float(dl.seconds),
                 "eval_seconds": eval_seconds,  # incl. reporting and publishing
@@ -425,6 +444,13 @@ class ScenarioClient:
             self.scenario, round_number, total, fit.num_samples, fit.seconds, fit.loss,
             dl.nbytes / 1e6, dl.seconds,
         )  # fmt: skip
+        if self.runtime.privacy is not None:
+            log.info(
+                "%s: round %d privacy: ε spent %.3f of budget %s (δ %.3g, %d private steps)",
+                self.scenario, round_number, self.runtime.privacy.epsilon,
+                self.runtime.privacy.config.epsilon, self.runtime.privacy.delta,
+                self.runtime.privacy.accountant.steps,
+            )  # fmt: skip
         self._send_pending()
 
     def _sit_out(self, round_number: int) -> None:
@@ -525,6 +551,9 @@ class ScenarioClient:
         except DataError as exc:  # retrying cannot help: exit 2 like a settings error
             log.error("%s: %s", self.scenario, exc)
             return 2
+        except PrivacyBudgetExceeded as exc:  # the client's own limit: it stops taking part
+            log.error("%s: refusing to train: %s", self.scenario, exc)
+            return 3
         except ClientError as exc:
             log.error("%s: %s", self.scenario, exc)
             return 1

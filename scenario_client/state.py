@@ -32,6 +32,7 @@ class StateMeta:
     spec_digest: str
     trained_round: int = 0  # last round trained locally (submitted or not)
     evaluated_round: int = 0  # last completed round whose payload was evaluated
+    privacy: dict | None = None  # DP accountant history: ε spent survives a restart
 
 
 class LocalState:

@@ -171,7 +171,7 @@ def add_service_arguments(parser: argparse.ArgumentParser, cls: type[ServiceSett
         "--config",
         type=Path,
         default=os.environ.get(env),
-        help=f"YAML/TOML/JSON settings file (env {env})",
+        help=f"YAML/TOML/JSON settings file (default: none; env {env})",
     )
     add_settings_arguments(parser, cls)
 

@@ -19,6 +19,7 @@ from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from msmtrec.data.schema import ALIEXPRESS
 from msmtrec.model import MultiTaskMMoE, build_model, preset
+from servicekit.http_limits import BoundedHttpToolsProtocol
 
 FIXTURES = Path(__file__).parent / "fixtures" / "aliexpress_sample"
 
@@ -85,8 +86,11 @@ def running_gateway(registry: Path, **settings: Any) -> Iterator[str]:
     sock = _free_socket()
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+            http=BoundedHttpToolsProtocol,  # as gateway/cli.py serves it
+        )
+    )  # fmt: skip
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

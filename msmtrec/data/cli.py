@@ -70,7 +70,9 @@ def register(subparsers: Any) -> None:
     prep.add_argument("--raw", type=Path, required=True, help="directory of the raw files")
     prep.add_argument("--country", required=True, help="country code, e.g. NL, ES, FR, US")
     prep.add_argument("--out", type=Path, required=True, help="output data directory")
-    prep.add_argument("--format", dest="fmt", choices=("csv", "parquet"), default="csv")
+    prep.add_argument(
+        "--format", dest="fmt", choices=("csv", "parquet"), default="csv", help="file format"
+    )
     for kind in ("user", "item"):
         for split in ("train", "test"):
             prep.add_argument(

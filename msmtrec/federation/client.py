@@ -14,11 +14,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from msmtrec.data.dataset import ScenarioSplits
+from msmtrec.device import host_tensors, resolve_device
 from msmtrec.federation.config import FederationConfig
 from msmtrec.federation.groups import Group, classify, signature
 from msmtrec.federation.methods import get_method
@@ -26,6 +27,10 @@ from msmtrec.federation.methods.hooks import ClientHooks
 from msmtrec.federation.strategy import ClientUpdate, Tensors
 from msmtrec.model.config import ModelConfig
 from msmtrec.model.mmoe import MultiTaskMMoE, build_model
+from msmtrec.training.config import PrivacyConfig
+
+if TYPE_CHECKING:
+    from msmtrec.training.privacy import PrivateTraining
 from msmtrec.training.metrics import TaskMetrics
 from msmtrec.training.trainer import FitResult, TrainConfig, Trainer
 
@@ -55,14 +60,30 @@ class ClientRuntime:
         train_config: TrainConfig | None = None,
         seed: int = 0,
         model: MultiTaskMMoE | None = None,
+        privacy: PrivacyConfig | None = None,
+        planned_rounds: int | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
     ) -> None:
+        """``privacy``: train with DP-SGD, the budget planned over ``planned_rounds`` (every
+        round this client plans to join); its noise seed is this client's own secret unless
+        the configuration sets one (docs/PRIVACY.md). ``device``: where the model trains
+        (DP-SGD included); ``precision`` bf16 is refused with privacy (fp32 only)."""
+        if privacy is not None and privacy.enabled and precision != "fp32":
+            raise ValueError(
+                f"precision {precision!r} with differential privacy (dp_epsilon / "
+                "dp_noise_multiplier): private training runs in fp32 only; use precision fp32"
+            )
         self.scenario = scenario
         self.splits = splits
         self.federation = federation
         self.seed = seed
+        self.device = resolve_device(device)
         # Same seed everywhere → every client and the server share the initial shared tensors.
-        self.model = model or build_model(splits.schema, model_config, seed)
-        self.trainer = Trainer(self.model, train_config)
+        model = model or build_model(splits.schema, model_config, seed)
+        self.model = model.to(self.device)
+        self.trainer = Trainer(self.model, train_config, precision=precision)
         self.groups = federation.parameter_groups()
         state = self.model.state_dict()
         self.groups.check_model(state)
@@ -80,6 +101,29 @@ class ClientRuntime:
         factory = get_method(federation.method).client_hooks
         self.hooks: ClientHooks = factory(federation) if factory is not None else ClientHooks()
         self.hooks.attach(self)
+        self.privacy: PrivateTraining | None = None
+        if privacy is not None and privacy.enabled:
+            self.privacy = self._private_training(privacy, planned_rounds)
+            self.trainer.privacy = self.privacy
+
+    def _private_training(
+        self, config: PrivacyConfig, planned_rounds: int | None
+    ) -> PrivateTraining:
+        from msmtrec.training.privacy import PrivateTraining, steps_per_epoch
+
+        if planned_rounds is None or planned_rounds < 1:
+            raise ValueError("private training needs the number of rounds the client plans")
+        n = len(self.splits.train)
+        per_epoch = steps_per_epoch(n, self.trainer.config.batch_size)
+        steps = planned_rounds * self.private_steps_per_round(per_epoch)
+        seed = None
+        if config.noise_seed is not None:  # one stream per scenario from the given seed
+            seed = zlib.crc32(f"{config.noise_seed}/{self.scenario}/dp-noise".encode())
+        return PrivateTraining(config, n, self.trainer.config.batch_size, steps, seed=seed)
+
+    def private_steps_per_round(self, steps_per_epoch: int) -> int:
+        """Private steps one round takes on the model whose shared tensors are sent."""
+        return self.hooks.private_epochs(self) * steps_per_epoch
 
     def round_seed(self, round_number: int, stream: str = "") -> int:
         """The seed of this client's ``round_number``; ``stream`` names a further random
@@ -91,8 +135,9 @@ class ClientRuntime:
         return signature(self.model.state_dict(), self.sent_names)
 
     def shared_state(self) -> Tensors:
+        """θ^end of the tensors that leave the client: CPU float32 copies (the wire form)."""
         state = self.model.state_dict()
-        return {n: state[n].detach().clone() for n in self.sent_names}
+        return host_tensors({n: state[n] for n in self.sent_names})
 
     def receive(
         self, payload: Mapping[str, torch.Tensor], completed_rounds: int | None = None
@@ -109,28 +154,50 @@ class ClientRuntime:
                 if state[n].shape != t.shape:
                     raise ValueError(f"{n}: shape {tuple(t.shape)} != {tuple(state[n].shape)}")
                 state[n].copy_(t)
-        self.anchor = {n: t.detach().clone() for n, t in payload.items()}
+        self.anchor = {n: t.detach().to(self.device, copy=True) for n, t in payload.items()}
         self.completed_rounds = completed_rounds
         self.hooks.after_receive(self)
 
     def train_round(
         self, round_number: int, progress: bool = False
     ) -> tuple[ClientUpdate, FitResult]:
+        """One local round. With a privacy budget the round is refused
+        (:class:`~msmtrec.training.privacy.PrivacyBudgetExceeded`) before any training when
+        its steps would spend more than the budget."""
+        if self.privacy is not None:
+            n = len(self.splits.train)
+            self.privacy.check(
+                self.private_steps_per_round(self.privacy.steps_per_epoch(n)),
+                f"scenario {self.scenario}: round {round_number}",
+            )
         fit = self.hooks.train(self, round_number, progress)
         update = ClientUpdate(
             client_id=self.scenario,
             num_samples=fit.num_samples,
             params=self.shared_state(),
-            metrics={"train_loss": fit.loss, "train_seconds": fit.seconds},
+            metrics=self.round_metrics(fit),
         )
         return update, fit
+
+    def round_metrics(self, fit: FitResult) -> dict[str, float]:
+        """What a round submission says about the local training. A private client leaves
+        out the training loss, a non-private function of its rows, and adds ε spent so far."""
+        metrics = {"train_loss": fit.loss, "train_seconds": fit.seconds}
+        if self.privacy is not None:
+            del metrics["train_loss"]
+            metrics.update(self.privacy.metrics())
+        return metrics
+
+    def privacy_summary(self) -> dict[str, Any] | None:
+        """The privacy record published with every model (None without DP)."""
+        return self.privacy.summary() if self.privacy is not None else None
 
     def evaluate(self, split: str = "valid") -> dict[str, TaskMetrics]:
         data = {"valid": self.splits.valid, "test": self.splits.test, "train": self.splits.train}
         if split not in data:
             raise ValueError(f"unknown split {split!r}")
         model = self.evaluated_model()
-        trainer = self.trainer if model is self.model else Trainer(model, self.trainer.config)
+        trainer = self.trainer if model is self.model else self.trainer.for_model(model)
         return trainer.evaluate(data[split])
 
     def evaluated_model(self) -> MultiTaskMMoE:
@@ -139,10 +206,11 @@ class ClientRuntime:
         return self.hooks.evaluated_model(self)
 
     def full_state(self) -> dict[str, torch.Tensor]:
-        """The model's state_dict plus the method's extra local state (prefixed names)."""
-        state = {n: t.detach().clone() for n, t in self.model.state_dict().items()}
+        """The model's state_dict plus the method's extra local state (prefixed names), as
+        CPU float32 copies whatever the device (what a local checkpoint holds)."""
+        state = dict(self.model.state_dict())
         state.update(self.hooks.extra_state(self))
-        return state
+        return host_tensors(state)
 
     def load_full_state(self, state: Mapping[str, Any]) -> None:
         prefix = self.hooks.state_prefix

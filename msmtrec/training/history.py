@@ -9,7 +9,7 @@ from importing the simulation. ``msmtrec.simulation`` re-exports these names.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from msmtrec.training.metrics import TaskMetrics, mean_auc
@@ -29,6 +29,8 @@ class RoundRecord:
     # What the server's personalization did this round (Strategy.last_report: a, b, the
     # conflict-averse weights, who learns from whom); None for methods without it.
     personalization: dict[str, Any] | None = None
+    # ε spent so far per scenario (private training only)
+    epsilon: dict[str, float] = field(default_factory=dict)
 
 
 def fmt_metric(v: float | None) -> str:
@@ -43,7 +45,8 @@ def round_line(rec: RoundRecord, total: int, tasks: tuple[str, ...]) -> str:
         per_task.append(f"{t} {fmt_metric(sum(vals) / len(vals) if vals else None)}")
     loss = sum(rec.train_loss.values()) / max(len(rec.train_loss), 1)
     scen = " ".join(f"{s}:{fmt_metric(mean_auc({s: rec.valid[s]}))}" for s in rec.valid)
+    eps = f"  max ε {max(rec.epsilon.values()):.3f}" if rec.epsilon else ""
     return (
         f"round {rec.round:>3}/{total}  loss {loss:.4f}  valid AUC {' '.join(per_task)}  "
-        f"mean {fmt_metric(rec.mean_valid_auc)}  [{scen}]  {rec.seconds:.1f}s"
+        f"mean {fmt_metric(rec.mean_valid_auc)}  [{scen}]  {rec.seconds:.1f}s{eps}"
     )

@@ -13,13 +13,21 @@ and template shrinkage) are not added to the loss: their gradients ``μ(θ − �
 linear, so they are folded into each group's L2 weight decay (``wd + μ + λ``) with ``−μ·θ_start``
 added to the gradient — the same objective and gradient, without two extra autograd passes
 over tens of millions of weights per step.
+
+Devices (issue #17): the trainer runs wherever its model's parameters are. On CUDA each batch
+is gathered on the CPU into one of two pinned buffers and copied asynchronously
+(:class:`DeviceBatches`), the loss is summed on the device (no host sync per step), and
+evaluation runs in device batches. ``precision="bf16"`` runs forward and backward under
+autocast; the parameters, the optimizer state and the loss stay float32. On the CPU in float32
+every step is the same computation as before, bit for bit.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,8 +35,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from msmtrec.data.dataset import ScenarioData
+from msmtrec.device import autocast, check_precision, model_device
 from msmtrec.model.mmoe import MultiTaskMMoE
 from msmtrec.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from msmtrec.training.privacy import PrivateTraining
 from msmtrec.training.metrics import TaskMetrics, evaluate_predictions
 
 __all__ = ["FitResult", "TrainConfig", "Trainer"]
@@ -55,9 +67,60 @@ class TensorData:
         return len(self.labels)
 
 
+class DeviceBatches:
+    """Batches for a CUDA model: rows gathered on the CPU into pinned buffers and copied to the
+    device with ``non_blocking=True``, so the copy of one batch overlaps the compute of the
+    one before. Two buffers alternate; before a buffer is refilled, the event recorded after
+    its last copy is waited on (the copy must have read it), which is the only host wait."""
+
+    SLOTS = 2
+
+    def __init__(self, td: TensorData, device: torch.device, rows: int) -> None:
+        self.td, self.device = td, device
+        rows = max(1, min(rows, len(td)))
+        self.buffers = [
+            tuple(
+                torch.empty((rows, *t.shape[1:]), dtype=t.dtype).pin_memory()
+                for t in (td.categorical, td.numerical, td.labels)
+            )
+            for _ in range(self.SLOTS)
+        ]
+        self.events: list[torch.cuda.Event | None] = [None] * self.SLOTS
+        self.turn = 0
+
+    def _stage(
+        self, fill: Callable[[torch.Tensor, torch.Tensor, int], object], m: int
+    ) -> tuple[torch.Tensor, ...]:
+        slot = self.turn
+        self.turn = (self.turn + 1) % self.SLOTS
+        event = self.events[slot]
+        if event is not None:
+            event.synchronize()
+        sources = (self.td.categorical, self.td.numerical, self.td.labels)
+        out = []
+        for buf, src in zip(self.buffers[slot], sources, strict=True):
+            view = buf[:m]
+            fill(src, view, m)
+            out.append(view.to(self.device, non_blocking=True))
+        event = torch.cuda.Event()
+        event.record()
+        self.events[slot] = event
+        return tuple(out)
+
+    def gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Rows ``idx`` (a CPU index tensor) as device tensors (categorical, numerical, labels)."""
+        return self._stage(lambda src, view, m: torch.index_select(src, 0, idx, out=view), len(idx))
+
+    def slice(self, lo: int, hi: int) -> tuple[torch.Tensor, ...]:
+        """Rows ``lo:hi`` as device tensors."""
+        return self._stage(lambda src, view, m: view.copy_(src[lo:hi]), hi - lo)
+
+
 class FusedAdam:
-    """``torch.optim.Adam`` (L2 weight decay, no amsgrad) as torch's fused CPU kernel,
+    """``torch.optim.Adam`` (L2 weight decay, no amsgrad) as torch's fused kernel,
     ``torch._fused_adam_``, called once per parameter group with that group's weight decay.
+    The same kernel runs on CPU and CUDA tensors; the step counters live on the parameters'
+    device, as torch's fused Adam keeps them.
 
     Bit-identical to ``torch.optim.Adam(..., fused=True)`` (tests/unit/test_trainer.py), but built
     without ``torch.optim.Optimizer``: its constructor imports ``torch._dynamo`` on first use,
@@ -97,7 +160,7 @@ class FusedAdam:
                     st = self.state[p] = (
                         torch.zeros_like(p, memory_format=torch.preserve_format),
                         torch.zeros_like(p, memory_format=torch.preserve_format),
-                        torch.tensor(0.0, dtype=torch.float32),
+                        torch.zeros((), dtype=torch.float32, device=p.device),
                     )
                 ps.append(p)
                 grads.append(p.grad)
@@ -121,15 +184,20 @@ def make_optimizer(
     weight_decay: float,
 ) -> FusedAdam | torch.optim.Adam:
     """Adam over ``params`` (plain parameters, or ``(parameters, weight_decay)`` groups); the
-    fused kernel when this torch has it (CPU parameters), else ``torch.optim.Adam``."""
+    fused kernel when this torch has it (float32 parameters on the CPU or on CUDA, all on
+    one device), else ``torch.optim.Adam``."""
     items = list(params)
     groups = (
         [(list(g), float(wd)) for g, wd in items]
         if items and isinstance(items[0], tuple)
         else [(items, float(weight_decay))]
     )
-    fused_ok = hasattr(torch, "_fused_adam_") and all(
-        p.device.type == "cpu" and p.dtype == torch.float32 for g, _ in groups for p in g
+    devices = {p.device for g, _ in groups for p in g}
+    fused_ok = (
+        hasattr(torch, "_fused_adam_")
+        and len(devices) <= 1
+        and all(d.type in ("cpu", "cuda") for d in devices)
+        and all(p.dtype == torch.float32 for g, _ in groups for p in g)
     )
     if fused_ok:
         return FusedAdam(groups, lr=lr)
@@ -161,11 +229,32 @@ def penalty_groups(
 class Trainer:
     """Fits and evaluates one model; the regularizer (μ/2)‖θ_shared − θ_start‖² anchors the
     tensors that leave the client to where the round started (PF-MSMTrec §6, FedProx), and
-    ``shrink`` {name: λ} adds (λ/2)‖θ‖² on chosen tensors (the template's specific parts)."""
+    ``shrink`` {name: λ} adds (λ/2)‖θ‖² on chosen tensors (the template's specific parts).
 
-    def __init__(self, model: MultiTaskMMoE, config: TrainConfig | None = None) -> None:
+    It trains where ``model``'s parameters are (move the model, not the trainer);
+    ``precision`` is ``fp32`` or ``bf16`` (autocast, float32 master weights). ``privacy``
+    makes every fit DP-SGD (on the model's device too; fp32 only)."""
+
+    def __init__(
+        self,
+        model: MultiTaskMMoE,
+        config: TrainConfig | None = None,
+        privacy: PrivateTraining | None = None,
+        *,
+        precision: str = "fp32",
+    ) -> None:
         self.model = model
         self.config = config or TrainConfig()
+        self.precision = check_precision(precision)
+        # DP-SGD for every fit of this model (Poisson batches, per-sample clipping, noise,
+        # BatchNorm with fixed statistics; msmtrec.training.privacy); None: plain training
+        self.privacy = privacy
+
+    def for_model(self, model: MultiTaskMMoE) -> Trainer:
+        """A trainer of another model with this one's settings, the model moved to this
+        trainer's device (a method's personal or fine-tuned copy). Not its privacy: a copy
+        that never leaves the client trains without DP-SGD."""
+        return Trainer(model.to(model_device(self.model)), self.config, precision=self.precision)
 
     @staticmethod
     def _tensors(data: ScenarioData) -> TensorData:
@@ -226,7 +315,11 @@ class Trainer:
         td = self._tensors(data)
         n = len(td)
         model = self.model
+        device = model_device(model)
         model.train()
+        if self.privacy is not None:
+            return self._fit_private(td, params, seed, epochs, anchor, mu, shrink, progress, desc)
+        feed = DeviceBatches(td, device, cfg.batch_size) if device.type == "cuda" else None
         torch.manual_seed(seed)  # dropout; the permutation has its own generator below
         gen = torch.Generator().manual_seed(seed)
         groups, anchored = penalty_groups(params, cfg.weight_decay, anchor, mu, shrink)
@@ -235,7 +328,9 @@ class Trainer:
         anchored_refs = [ref for _, ref in anchored]
         penalized = [p for g, wd in groups if wd != cfg.weight_decay for p in g]
         start = time.perf_counter()
-        total_loss, steps, seen = 0.0, 0, 0
+        # float64 on the device: the same sum as adding Python floats, without a host sync
+        total_loss = torch.zeros((), dtype=torch.float64, device=device)
+        steps, seen = 0, 0
         bar = tqdm(
             total=epochs * n,
             desc=desc,
@@ -250,8 +345,14 @@ class Trainer:
                 idx = perm[lo : lo + cfg.batch_size]
                 if len(idx) < 2:  # BatchNorm cannot normalise a single row
                     continue
-                logits = model(td.categorical[idx], td.numerical[idx])
-                task_loss = F.binary_cross_entropy_with_logits(logits, td.labels[idx].float())
+                if feed is None:
+                    cat, num, labels = td.categorical[idx], td.numerical[idx], td.labels[idx]
+                else:
+                    cat, num, labels = feed.gather(idx)
+                with autocast(device, self.precision):
+                    logits = model(cat, num)
+                # the loss in float32 whatever the autocast dtype (a no-op in fp32)
+                task_loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
                 optimizer.zero_grad(set_to_none=True)
                 task_loss.backward()
                 for p in penalized:  # a penalty alone still moves an unused parameter
@@ -260,10 +361,71 @@ class Trainer:
                 if anchored:  # the proximal term's constant part; the rest is weight decay
                     torch._foreach_add_([p.grad for p in anchored_params], anchored_refs, alpha=-mu)
                 optimizer.step()
-                total_loss += float(task_loss.detach()) * len(idx)
+                total_loss += task_loss.detach().double() * len(idx)
                 steps += 1
                 seen += len(idx)
                 bar.update(len(idx))
+        bar.close()
+        loss = float(total_loss) / max(seen, 1)  # on CUDA: waits for the last step
+        return FitResult(num_samples=n, steps=steps, loss=loss, seconds=time.perf_counter() - start)
+
+    def _fit_private(
+        self,
+        td: TensorData,
+        params: dict[str, torch.nn.Parameter],
+        seed: int,
+        epochs: int,
+        anchor: Mapping[str, torch.Tensor] | None,
+        mu: float,
+        shrink: Mapping[str, float] | None,
+        progress: bool,
+        desc: str,
+    ) -> FitResult:
+        """DP-SGD: ``epochs × ⌈n / batch⌉`` steps on Poisson-sampled batches (rate
+        batch / n, from the privacy's secret generator), each a clipped and noised gradient
+        of the trained tensors; the penalties are data-independent and added afterwards.
+        BatchNorm normalises with fixed statistics (a row's output must not depend on the
+        other rows of its batch)."""
+        from msmtrec.training.privacy import freeze_batchnorm
+
+        privacy = self.privacy
+        assert privacy is not None
+        if self.precision != "fp32":
+            raise ValueError(
+                f"precision {self.precision!r} with differential privacy (dp_epsilon / "
+                "dp_noise_multiplier): the per-sample gradient norms are computed in float32 "
+                "only; use precision fp32"
+            )
+        cfg, model, n = self.config, self.model, len(td)
+        device = model_device(model)
+        freeze_batchnorm(model)
+        torch.manual_seed(seed)  # dropout
+        groups, anchored = penalty_groups(params, cfg.weight_decay, anchor, mu, shrink)
+        optimizer = make_optimizer(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        anchored_params = [p for p, _ in anchored]
+        anchored_refs = [ref for _, ref in anchored]
+        penalized = [p for g, wd in groups if wd != cfg.weight_decay for p in g]
+        start = time.perf_counter()
+        total_loss, steps, seen = 0.0, 0, 0
+        total_steps = epochs * privacy.steps_per_epoch(n)
+        bar = tqdm(total=total_steps, desc=desc, unit="step", disable=not progress, leave=False)
+        for _ in range(total_steps):
+            idx = privacy.sample(n)  # on the CPU, from the secret generator
+            # a Poisson batch has no size bound (no pinned buffers); .to is a no-op on the CPU
+            cat, num, labels = (
+                t[idx].to(device) for t in (td.categorical, td.numerical, td.labels)
+            )
+            loss = privacy.step(model, params, cat, num, labels, n)
+            for p in penalized:  # as in _fit: a penalty alone still moves an unused tensor
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            if anchored:
+                torch._foreach_add_([p.grad for p in anchored_params], anchored_refs, alpha=-mu)
+            optimizer.step()
+            total_loss += loss * len(idx)
+            steps += 1
+            seen += len(idx)
+            bar.update(1)
         bar.close()
         return FitResult(
             num_samples=n,
@@ -274,16 +436,26 @@ class Trainer:
 
     @torch.inference_mode()
     def predict(self, data: ScenarioData) -> np.ndarray:
-        """Probabilities (n, T) in task order."""
+        """Probabilities (n, T) float32 in task order, computed in batches of
+        ``eval_batch_size`` on the model's device (one copy back at the end)."""
         td = self._tensors(data)
         self.model.eval()
+        device = model_device(self.model)
+        size = self.config.eval_batch_size
+        feed = DeviceBatches(td, device, size) if device.type == "cuda" else None
         out = []
-        for lo in range(0, len(td), self.config.eval_batch_size):
-            sl = slice(lo, lo + self.config.eval_batch_size)
-            out.append(torch.sigmoid(self.model(td.categorical[sl], td.numerical[sl])))
+        for lo in range(0, len(td), size):
+            hi = min(lo + size, len(td))
+            if feed is None:
+                cat, num = td.categorical[lo:hi], td.numerical[lo:hi]
+            else:
+                cat, num, _ = feed.slice(lo, hi)
+            with autocast(device, self.precision):
+                logits = self.model(cat, num)
+            out.append(torch.sigmoid(logits.float()))
         if not out:
             return np.zeros((0, len(self.model.tasks)), dtype=np.float32)
-        return torch.cat(out).numpy()
+        return torch.cat(out).cpu().numpy()
 
     def evaluate(self, data: ScenarioData) -> dict[str, TaskMetrics]:
         return evaluate_predictions(data.labels, self.predict(data), self.model.tasks)

@@ -35,6 +35,11 @@ TIMEOUT = {False: 3 * 3600.0, True: 600.0}  # seconds per benchmark: full, quick
 VARIANTS: dict[str, list[list[str]]] = {"gateway": [["--preset", "small"], ["--preset", "paper"]]}
 
 
+def _plain(text: str) -> str:
+    """A docstring's reStructuredText literals (double backticks) as plain help text."""
+    return text.replace("``", "")
+
+
 def benchmarks_dir() -> Path:
     """The repository's ``benchmarks/`` (the scripts are not part of the installed package)."""
     here = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -52,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="run the performance benchmarks (benchmarks/*.py) and append their results",
-        description=__doc__.split("\n\n")[0]
+        description=_plain(__doc__.split("\n\n")[0])
         + "\n\n"
         + "\n".join(f"  {n:<12} {what}" for n, (_, what) in BENCHMARKS.items()),
         formatter_class=argparse.RawDescriptionHelpFormatter,

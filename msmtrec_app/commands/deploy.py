@@ -63,8 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "<out>/tls/{ca,server}.{pem,key}. Development only: use your own PKI and secret "
         "store in production.",
     )
-    sec.add_argument("--out", type=Path, default=Path("deploy/secrets"))
-    sec.add_argument("--scenarios", nargs="+", default=list(DEFAULT_SCENARIOS))
+    sec.add_argument(
+        "--out", type=Path, default=Path("deploy/secrets"), help="where to write the secrets"
+    )
+    sec.add_argument(
+        "--scenarios", nargs="+", default=list(DEFAULT_SCENARIOS), help="one token each"
+    )
     sec.add_argument(
         "--hosts",
         nargs="+",
@@ -168,6 +172,9 @@ def run_init_data(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- dev-secrets
+OWNER_ONLY = frozenset({"ca.key"})  # dev-secrets files no container mounts: 0600
+
+
 def dev_secrets(
     out: Path,
     scenarios: Sequence[str] = DEFAULT_SCENARIOS,
@@ -176,10 +183,12 @@ def dev_secrets(
 ) -> dict[str, Path]:
     """Tokens and TLS material for a container deployment; returns name → path.
 
-    Permissions: the directories are 0700 (nobody else on the host gets in), the files 0644.
-    Why readable files: docker compose mounts file secrets with their host owner and mode
-    (outside swarm it cannot change them), and the services run as uid 10001, not as you;
-    a 0600 file would be unreadable inside the container.
+    Permissions: the directories are 0700 (nobody else on the host gets in), the files the
+    containers read 0644, the CA's private key 0600. Why readable files: docker compose
+    mounts file secrets with their host owner and mode (outside swarm it cannot change
+    them), and the services run as uid 10001, not as you; a 0600 file would be unreadable
+    inside the container. The CA key is mounted nowhere (it only signs, here), so it stays
+    yours alone: whoever holds it can mint certificates the clients trust.
     """
     from servicekit.auth import make_tokens
     from servicekit.certs import make_dev_certs
@@ -191,8 +200,8 @@ def dev_secrets(
     paths.update(make_dev_certs(out / "tls", (), list(hosts), days))
     for directory in (out, out / "tokens", out / "tls"):
         directory.chmod(stat.S_IRWXU)
-    for path in paths.values():
-        path.chmod(0o644)
+    for name, path in paths.items():
+        path.chmod(0o600 if name in OWNER_ONLY else 0o644)
     return paths
 
 
@@ -213,7 +222,8 @@ def run_dev_secrets(args: argparse.Namespace) -> int:
     for name, path in sorted(paths.items()):
         print(f"{name:16s} {path}")
     print(
-        f"development secrets only (directory 0700, files 0644 so the containers' non-root "
-        f"user can read them); server certificate names: {' '.join(args.hosts)}"
+        f"development secrets only (directories 0700; files 0644 so the containers' non-root "
+        f"user can read them, except the CA key, 0600); server certificate names: "
+        f"{' '.join(args.hosts)}"
     )
     return 0

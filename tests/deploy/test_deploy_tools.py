@@ -150,8 +150,10 @@ def test_dev_secrets_layout_permissions_and_refusal_to_overwrite(tmp_path, capsy
         assert name in paths
     for directory in (out, out / "tokens", out / "tls"):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    for path in paths.values():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    for name, path in paths.items():
+        # the CA key signs, is mounted nowhere: the owner's only; the rest the containers read
+        assert stat.S_IMODE(path.stat().st_mode) == (0o600 if name == "ca.key" else 0o644), name
+    assert stat.S_IMODE((out / "tls" / "ca.key").stat().st_mode) == 0o600
     from cryptography import x509
 
     cert = x509.load_pem_x509_certificate((out / "tls" / "server.pem").read_bytes())

@@ -224,6 +224,29 @@ def test_up_exit_after_training_with_tls(launch):
     assert_nothing_left(up, state["children"])
 
 
+@pytest.mark.timeout(360)
+def test_up_device_auto_runs_unchanged_without_a_gpu(launch):
+    """``msmtrec up --device auto`` (issue #17): the clients pick CUDA when there is one, else
+    the CPU, and the run is the ordinary one; bf16 autocast works through the network path
+    (the wire stays float32, so the aggregator accepts the updates)."""
+    import torch
+
+    up = launch(
+        "auto", "--scenarios", "NL", "ES", "--rows", "2000", "--test-rows", "400",
+        "--rounds", "1", *FREE_PORTS, "--device", "auto", "--precision", "bf16",
+        "--exit-after-training",
+    )  # fmt: skip
+    assert up.wait(START) == 0, up.diagnostics()
+    assert "first predictions" in up.output() and "stopped cleanly" in up.output()
+    state = up.state()
+    assert set(state["predictions"]) == {"NL", "ES"}
+    where = "cuda" if torch.cuda.is_available() else "cpu"
+    for s in ("NL", "ES"):
+        log = (up.run_dir / "logs" / f"client-{s}.log").read_text()
+        assert f"training on {where}" in log and "in bf16" in log, log[-2000:]
+    assert_nothing_left(up, state["children"])
+
+
 @pytest.mark.timeout(300)
 def test_up_names_the_client_that_failed_and_cleans_up(launch, tmp_path):
     from msmtrec.data.synth import SynthConfig, synthesize

@@ -20,6 +20,7 @@ from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
 from scenario_client.connection import Backoff, Connection
 from servicekit.auth import make_tokens
+from servicekit.problems import PROBLEM_JSON, PROBLEM_TYPES
 from servicekit.ratelimit import TokenBuckets
 
 
@@ -107,7 +108,10 @@ def test_gateway_limits_each_clients_rate_with_429_and_retry_after(tmp_path):
         assert codes == [200, 200, 429]
         refused = client.post("/v1/scenarios/NL/predict", json=body)
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
-        assert "requests/s per client" in refused.json()["detail"]
+        problem = refused.json()  # RFC 9457, the one table's row (servicekit/problems.py)
+        assert refused.headers["content-type"] == PROBLEM_JSON
+        assert problem["type"] == PROBLEM_TYPES["rate-limited"].uri and problem["status"] == 429
+        assert "requests/s per client" in problem["detail"]
         assert client.get("/readyz").status_code == 200  # health is never limited
         time.sleep(1.05)
         assert client.post("/v1/scenarios/NL/predict", json=body).status_code == 200

@@ -134,9 +134,11 @@ def test_bad_input_is_a_422_naming_field_and_instance(served, body, message):
     client, _, _ = served
     resp = _predict(client, "NL", body)
     assert resp.status_code == 422, resp.text
-    detail = resp.json()["detail"]
-    assert detail.startswith(message), detail
-    assert resp.json()["loc"] == message.split(":")[0]
+    assert resp.headers["content-type"] == "application/problem+json"
+    problem = resp.json()
+    assert problem["detail"].startswith(message), problem["detail"]
+    assert problem["field"] == message.split(":")[0]
+    assert problem["type"] == "urn:msmtrec:problem:invalid-request" and problem["status"] == 422
 
 
 def test_oversized_body_is_refused_before_parsing(served):

@@ -100,3 +100,18 @@ def test_the_gateway_refuses_unknown_environment_variables(monkeypatch, tmp_path
     assert main(["gateway", "--registry", str(tmp_path)]) == 2
     out = capsys.readouterr().out
     assert "MSMTREC_GATEWAY_MAXBATCH (did you mean MSMTREC_GATEWAY_MAX_BATCH?)" in out
+
+
+def test_gateway_docs_list_every_setting_and_its_flags_name_the_variable():
+    """docs/GATEWAY.md embeds the gateway's generated table; its --help names every variable."""
+    from gateway.settings import GatewaySettings
+    from msmtrec_app.cli import build_parser
+
+    text = (DOCS.parent / "GATEWAY.md").read_text()
+    section = re.search(r"<!-- settings:gateway -->\n(.*?)<!-- /settings:gateway -->", text, re.S)
+    assert section and section.group(1) == settings_table(GatewaySettings)
+    sub = build_parser()._subparsers._group_actions[0].choices["gateway"]
+    helps = {a.option_strings[0]: a.help for a in sub._actions if a.option_strings}
+    for name in GatewaySettings.model_fields:
+        flag = "--" + name.replace("_", "-")
+        assert f"env MSMTREC_GATEWAY_{name.upper()}" in helps[flag], flag

@@ -71,7 +71,7 @@ def test_cli_prints_table_and_writes_reports(synth_dir, tmp_path, capsys):
             "simulate",
             "--data",
             str(synth_dir),
-            "--strategy",
+            "--method",
             "pfmsmtrec",
             "--rounds",
             "2",
@@ -82,6 +82,8 @@ def test_cli_prints_table_and_writes_reports(synth_dir, tmp_path, capsys):
             "--plot",
             "--threads",
             "1",
+            "--tensorboard",
+            str(tmp_path / "tb"),
         ]
     )
     assert code == 0
@@ -93,11 +95,29 @@ def test_cli_prints_table_and_writes_reports(synth_dir, tmp_path, capsys):
     assert set(report["test"]) == {"ES", "FR", "NL"}
     assert (out / "results.md").read_text().count("| NL |") == 1
     assert (out / "auc_per_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the dashboard's static report: self-contained (no src/href to anywhere), the run inlined
+    html = (out / "report.html").read_text()
+    assert "window.MSMTREC_REPORT = " in html
+    assert 'src="' not in html and 'href="http' not in html and "@import" not in html
+    embedded = html.split("window.MSMTREC_REPORT = ", 1)[1].split(";</script>", 1)[0]
+    assert json.loads(embedded)["history"] == json.loads(json.dumps(report["history"]))
+    # --tensorboard: every scenario × task AUC, the loss and the personalization per round
+    from helpers.tensorboard import read_scalars
+
+    scalars = read_scalars(tmp_path / "tb")
+    for s in ("ES", "FR", "NL"):
+        for task in ("ctr", "ctcvr"):
+            got = scalars[f"auc/valid/{s}/{task}"]
+            want = {r["round"]: r["valid"][s][task]["auc"] for r in report["history"]}
+            assert got == pytest.approx(want, abs=1e-6)
+        assert set(scalars[f"loss/train/{s}"]) == {1, 2}
+    assert any(t.startswith("learn_from/") for t in scalars)
+    assert any(t.startswith("personalization/a/") for t in scalars)
 
 
 def test_cli_rejects_unknown_strategy(synth_dir, capsys):
     with pytest.raises(SystemExit):
-        main(["simulate", "--data", str(synth_dir), "--strategy", "fedmagic"])
+        main(["simulate", "--data", str(synth_dir), "--method", "fedmagic"])
     assert "invalid choice" in capsys.readouterr().err
 
 
@@ -113,7 +133,7 @@ def test_simulate_flags_reach_the_federation_config(tmp_path):
     assert (default.method, default.template_l2, default.mu) == ("pfmsmtrec", 3e-3, 1e-3)
     tuned = fed("--template-l2", "0.01", "--mu", "0.1", "--conflict", "pcgrad")
     assert (tuned.template_l2, tuned.mu, tuned.conflict) == (0.01, 0.1, "pcgrad")
-    assert fed("--strategy", "pfmsmtrec-no-shrink").template_l2 == 0.0
+    assert fed("--method", "pfmsmtrec-no-shrink").template_l2 == 0.0
 
 
 def test_aggregator_settings_and_simulate_flags_resolve_the_same_experiment(tmp_path):

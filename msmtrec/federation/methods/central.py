@@ -30,6 +30,7 @@ def run_central(
     """One MMoE trained on the pooled training data; each "round" is one pass of local
     epochs, evaluated on every scenario's own validation and test data."""
     from msmtrec.data.dataset import ScenarioData
+    from msmtrec.device import resolve_device
     from msmtrec.federation.client import round_seed
     from msmtrec.model.mmoe import build_model
     from msmtrec.training.history import RoundRecord, round_line
@@ -38,7 +39,8 @@ def run_central(
 
     schema = next(iter(splits.values())).schema
     model = build_model(schema, model_cfg, config.seed)
-    trainer = Trainer(model, config.train)
+    model = model.to(resolve_device(config.device))
+    trainer = Trainer(model, config.train, precision=config.precision)
     pooled = ScenarioData.concat([sp.train for _, sp in sorted(splits.items())])
     history = []
     for r in range(1, config.rounds + 1):

@@ -36,6 +36,7 @@ def run_central_msmt(
     log: Log,
 ) -> list[RoundRecord]:
     from msmtrec.data.dataset import ScenarioData
+    from msmtrec.device import resolve_device
     from msmtrec.federation.client import round_seed
     from msmtrec.model.scenario_mmoe import build_scenario_model, with_scenario
     from msmtrec.training.history import RoundRecord, round_line
@@ -45,7 +46,8 @@ def run_central_msmt(
     names = tuple(sorted(splits))
     schema = splits[names[0]].schema
     model = build_scenario_model(schema, model_cfg, names, config.seed)
-    trainer = Trainer(model, config.train)  # type: ignore[arg-type]  # same call contract
+    model = model.to(resolve_device(config.device))
+    trainer = Trainer(model, config.train, precision=config.precision)  # type: ignore[arg-type]  # same call contract
     pooled = ScenarioData.concat([with_scenario(splits[s].train, i) for i, s in enumerate(names)])
     valid_data = {s: with_scenario(splits[s].valid, i) for i, s in enumerate(names)}
     test_data = {s: with_scenario(splits[s].test, i) for i, s in enumerate(names)}

@@ -49,12 +49,12 @@ class DittoHooks(ClientHooks):
 
     def attach(self, runtime: ClientRuntime) -> None:
         from msmtrec.model.mmoe import build_model
-        from msmtrec.training.trainer import Trainer
 
         model = runtime.model
         self.personal = build_model(model.schema, model.config, runtime.seed)
         self.personal.load_state_dict(model.state_dict())  # v⁰ = w⁰
-        self.personal_trainer = Trainer(self.personal, runtime.trainer.config)
+        # on the runtime's device, in its precision
+        self.personal_trainer = runtime.trainer.for_model(self.personal)
 
     def train(self, runtime: ClientRuntime, round_number: int, progress: bool) -> FitResult:
         fit = super().train(runtime, round_number, progress)  # w: what is sent

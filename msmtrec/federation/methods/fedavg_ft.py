@@ -55,12 +55,11 @@ class FineTuneHooks(ClientHooks):
     def _fine_tune(self, runtime: ClientRuntime) -> MultiTaskMMoE:
         from msmtrec.model.mmoe import build_model
         from msmtrec.training.metrics import mean_auc
-        from msmtrec.training.trainer import Trainer
 
         model = runtime.model
         copy = build_model(model.schema, model.config, runtime.seed)
         copy.load_state_dict(model.state_dict())
-        trainer = Trainer(copy, runtime.trainer.config)
+        trainer = runtime.trainer.for_model(copy)  # the runtime's device and precision
         completed = runtime.completed_rounds or 0
 
         def score() -> float:

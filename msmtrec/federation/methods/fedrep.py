@@ -35,6 +35,14 @@ class FedRepHooks(ClientHooks):
     def __init__(self, cfg: FederationConfig) -> None:
         self.head_epochs = int(cfg.head_epochs or 0)
 
+    def private_epochs(self, runtime: ClientRuntime) -> int:
+        # the head epochs train the same model: they shape the body's gradients, so they are
+        # private steps too
+        body = set(runtime.sent_names)
+        has_head = any(n not in body for n, _ in runtime.model.named_parameters())
+        head = self.head_epochs if has_head else 0
+        return head + runtime.trainer.config.local_epochs
+
     def train(self, runtime: ClientRuntime, round_number: int, progress: bool) -> FitResult:
         from msmtrec.training.trainer import FitResult
 

@@ -42,6 +42,12 @@ class ClientHooks:
             desc=f"{runtime.scenario} r{round_number}",
         )
 
+    def private_epochs(self, runtime: ClientRuntime) -> int:
+        """Epochs per round of ``runtime.trainer`` (the model whose shared tensors are sent),
+        which all run DP-SGD when the client trains privately: the privacy budget is planned
+        from this."""
+        return runtime.trainer.config.local_epochs
+
     def after_receive(self, runtime: ClientRuntime) -> None:
         """The server's θ^start was just loaded (``runtime.completed_rounds`` is set)."""
 

@@ -35,6 +35,8 @@ class PooledRun(Protocol):
     rounds: int
     train: TrainConfig
     progress: bool
+    device: str  # auto, cpu, cuda[:N] (msmtrec.device)
+    precision: str  # fp32 or bf16
 
 
 Policies = Callable[["FederationConfig"], "ParameterGroups"]

@@ -66,13 +66,19 @@ def build_children(
             "--backoff-initial-seconds", "0.2", "--backoff-max-seconds", "1",
             "--reconnect-timeout-seconds", str(args.startup_timeout),
         ]  # fmt: skip
+        client += ["--device", getattr(args, "device", "cpu")]
+        client += ["--precision", getattr(args, "precision", "fp32")]
         if args.tls:
             client += ["--ca-cert", str(secrets["tls:ca.pem"])]
+        for flag in ("epsilon", "delta", "max_grad_norm", "noise_multiplier", "noise_seed"):
+            if getattr(args, f"dp_{flag}", None) is not None:  # each client protects its rows
+                client += [f"--dp-{flag.replace('_', '-')}", str(getattr(args, f"dp_{flag}"))]
         children.append(_child(f"client {s}", "client", client, logs / f"client-{s}.log"))
     gateway = [
         "gateway", "--registry", str(run_dir / "registry"),
         "--host", args.host, "--port", str(ep.ports["gateway"]),
         "--poll-interval", "0.5", "--threads", threads, "--workers", "1",
+        "--device", getattr(args, "gateway_device", "cpu"),
     ]  # fmt: skip
     children.append(_child("gateway", "gateway", gateway, logs / "gateway.log"))
     return children

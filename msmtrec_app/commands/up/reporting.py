@@ -65,6 +65,10 @@ class Progress:
                     f"{rec.duration_seconds:.1f} s: {len(rec.participants)}/"
                     f"{len(self.scenarios)} clients, {rec.bytes_in / 1e6:.1f} MB in, "
                     f"{rec.bytes_out / 1e6:.1f} MB out"
+                    + "".join(
+                        f"{', ε spent' if i == 0 else ''} {s} {e:.3f}"
+                        for i, (s, e) in enumerate(sorted(rec.dp_epsilon.items()))
+                    )
                 )
                 for s in rec.participants:
                     c = rec.clients[s]

@@ -43,6 +43,7 @@ from typing import Any
 
 from aggregator.records import RoundRecord
 from aggregator.views import StatusView
+from msmtrec_app.cli import add_device_flags, check_device_available, device_arg
 from msmtrec_app.commands.up.children import (
     build_children,
     check_services,
@@ -79,7 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serving until Ctrl-C (or exits after training with --exit-after-training). Logs "
         "and state go to --run-dir; each run starts a fresh federation there.",
     )
-    p.add_argument("--run-dir", type=Path, default=Path("runs/up"), help="(default runs/up)")
+    p.add_argument(
+        "--run-dir", type=Path, default=Path("runs/up"), help="data, logs, state and secrets"
+    )
     p.add_argument(
         "--data",
         type=Path,
@@ -103,10 +106,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="federation method (default pfmsmtrec)",
     )
     p.add_argument("--preset", default="small", help="model preset (default small)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=None, help="client learning rate")
-    p.add_argument("--batch-size", type=int, default=None, help="client batch size")
-    p.add_argument("--local-epochs", type=int, default=None, help="local epochs per round")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the federation")
+    p.add_argument(
+        "--lr", type=float, default=None, help="client learning rate (default: the method's)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="client batch size (default: the method's)"
+    )
+    p.add_argument(
+        "--local-epochs",
+        type=int,
+        default=None,
+        help="local epochs per round (default: the method's)",
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="bind address of every service (default loopback)"
     )
@@ -138,6 +150,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="longest wait for the next round to complete (default 300 s)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (1)")
+    add_device_flags(p)
+    p.add_argument(
+        "--gateway-device", type=device_arg, default="cpu",
+        help="where the gateway's engine runs: auto, cpu, cuda or cuda:N (default cpu)",
+    )  # fmt: skip
+    from msmtrec_app.commands.simulate import add_privacy_args
+
+    add_privacy_args(p)  # handed to every client (each protects its own rows)
     p.add_argument("--verbose", action="store_true", help="stream every log line of every process")
     p.set_defaults(func=run)
 
@@ -414,6 +434,7 @@ class Up:
         example = self.run_dir / "examples" / f"{first}.json"
         say()
         say(f"status API  {ep.status}/v1/status   (/v1/rounds /v1/clients /metrics /docs)")
+        say(f"dashboard   {ep.status}/dashboard")
         say(f"gateway     {ep.gateway}/v1/scenarios (POST /v1/scenarios/{{scenario}}/predict)")
         say(f"logs        {self.run_dir / 'logs'}/   state: {self.run_dir / 'up.json'}")
         say("try:")
@@ -452,6 +473,14 @@ def run(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.rows < 10:
         say("msmtrec up: --rounds must be >= 1 and --rows >= 10")
         return EXIT_USAGE
+    if not (
+        check_device_available(args.device, "up")
+        and check_device_available(args.gateway_device, "up")
+    ):
+        return EXIT_USAGE
+    from msmtrec_app.commands.simulate import privacy_from_args
+
+    privacy_from_args(args)  # a bad --dp-* combination stops here, before any process starts
     up = Up(args, args.run_dir)
 
     def on_signal(signum: int, _frame: object) -> None:
