@@ -11,7 +11,6 @@ for the federated methods (plain ``central`` ignores the scenario).
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING
 
 from msmtrec.federation.config import FederationConfig
@@ -36,44 +35,16 @@ def run_central_msmt(
     log: Log,
 ) -> list[RoundRecord]:
     from msmtrec.data.dataset import ScenarioData
-    from msmtrec.device import resolve_device
-    from msmtrec.federation.client import round_seed
+    from msmtrec.federation.methods.central import pooled_rounds
     from msmtrec.model.scenario_mmoe import build_scenario_model, with_scenario
-    from msmtrec.training.history import RoundRecord, round_line
-    from msmtrec.training.metrics import mean_auc
-    from msmtrec.training.trainer import Trainer
 
     names = tuple(sorted(splits))
     schema = splits[names[0]].schema
     model = build_scenario_model(schema, model_cfg, names, config.seed)
-    model = model.to(resolve_device(config.device))
-    trainer = Trainer(model, config.train, precision=config.precision)  # type: ignore[arg-type]  # same call contract
     pooled = ScenarioData.concat([with_scenario(splits[s].train, i) for i, s in enumerate(names)])
-    valid_data = {s: with_scenario(splits[s].valid, i) for i, s in enumerate(names)}
-    test_data = {s: with_scenario(splits[s].test, i) for i, s in enumerate(names)}
-    history = []
-    for r in range(1, config.rounds + 1):
-        start = time.perf_counter()
-        fit = trainer.fit(
-            pooled,
-            seed=round_seed(config.seed, "central-msmt", r),
-            progress=config.progress,
-            desc=f"central-msmt r{r}",
-        )
-        valid = {s: trainer.evaluate(d) for s, d in valid_data.items()}
-        test = {s: trainer.evaluate(d) for s, d in test_data.items()}
-        rec = RoundRecord(
-            r,
-            time.perf_counter() - start,
-            {"pooled": fit.loss},
-            valid,
-            test,
-            mean_auc(valid),
-            mean_auc(test),
-        )
-        history.append(rec)
-        log(round_line(rec, config.rounds, model.tasks))
-    return history
+    valid = {s: with_scenario(splits[s].valid, i) for i, s in enumerate(names)}
+    test = {s: with_scenario(splits[s].test, i) for i, s in enumerate(names)}
+    return pooled_rounds("central-msmt", config, model, pooled, valid, test, log)
 
 
 METHOD = register(
