@@ -443,6 +443,52 @@ def _labels(
 # Generation
 
 
+def scenario_stats(
+    train_labels: np.ndarray,
+    test_labels: np.ndarray,
+    test_probs: tuple[np.ndarray, np.ndarray],
+    intercepts: tuple[float, float],
+    latent_scores: tuple[np.ndarray, np.ndarray],
+) -> dict[str, Any]:
+    """synth.json's per-scenario figures, the same for every generator: realized rates, the
+    intercepts, the latent CTR-CVR correlation and the oracle's test AUC (the ceiling any
+    model can reach)."""
+    n_train = len(train_labels)
+    return {
+        "train_rows": n_train,
+        "test_rows": len(test_labels),
+        "train_ctr": float(train_labels[:, 0].mean()),
+        "train_ctcvr": float(train_labels[:, 1].mean()),
+        "train_cvr_given_click": float(train_labels[:, 1].sum() / max(1, train_labels[:, 0].sum())),
+        "test_ctr": float(test_labels[:, 0].mean()),
+        "test_ctcvr": float(test_labels[:, 1].mean()),
+        "ctr_intercept": intercepts[0],
+        "cvr_intercept": intercepts[1],
+        "latent_task_correlation": float(np.corrcoef(*latent_scores)[0, 1])
+        if n_train > 2
+        else None,
+        "oracle_test_auc": {
+            "ctr": _auc(test_probs[0], test_labels[:, 0]),
+            "ctcvr": _auc(test_probs[1], test_labels[:, 1]),
+        },
+    }
+
+
+def summary_header(
+    generator: str, version: int, config: Any, schema: FeatureSchema, family: dict | None
+) -> dict[str, Any]:
+    """synth.json's head: which generator and version, its config, the schema, the family."""
+    summary: dict[str, Any] = {
+        "generator": generator,
+        "generator_version": version,
+        "config": config.to_dict(),
+        "schema": schema.to_dict(),
+    }
+    if family is not None:
+        summary["family"] = family
+    return summary
+
+
 def generate(config: SynthConfig, schema: FeatureSchema = ALIEXPRESS) -> dict[str, SynthScenario]:
     """All scenarios in memory (what ``synthesize`` writes). Deterministic by ``config.seed``."""
     config.validate()
@@ -494,25 +540,7 @@ def generate(config: SynthConfig, schema: FeatureSchema = ALIEXPRESS) -> dict[st
             te_cat, te_num, te_lab, oov_counts=np.zeros(schema.num_categorical, np.int64)
         )
         first_test_page = (n_train + _PAGE_SIZE - 1) // _PAGE_SIZE
-        stats = {
-            "train_rows": n_train,
-            "test_rows": n_test,
-            "train_ctr": float(tr_lab[:, 0].mean()),
-            "train_ctcvr": float(tr_lab[:, 1].mean()),
-            "train_cvr_given_click": float(tr_lab[:, 1].sum() / max(1, tr_lab[:, 0].sum())),
-            "test_ctr": float(te_lab[:, 0].mean()),
-            "test_ctcvr": float(te_lab[:, 1].mean()),
-            "ctr_intercept": a_ctr,
-            "cvr_intercept": a_cvr,
-            "latent_task_correlation": float(np.corrcoef(tr_h, tr_r)[0, 1])
-            if n_train > 2
-            else None,
-            # AUC of the true probabilities on test: the ceiling any model can reach.
-            "oracle_test_auc": {
-                "ctr": _auc(te_pctr, te_lab[:, 0]),
-                "ctcvr": _auc(te_pctcvr, te_lab[:, 1]),
-            },
-        }
+        stats = scenario_stats(tr_lab, te_lab, (te_pctr, te_pctcvr), (a_ctr, a_cvr), (tr_h, tr_r))
         out[name] = SynthScenario(
             name=name,
             train=train,
@@ -573,12 +601,5 @@ def synthesize(
     ``<out_dir>/<scenario>/test.oracle.parquet`` and ``<out_dir>/synth.json`` (the config,
     ``family`` when given, and per-scenario realized rates). Same seed and knobs ->
     byte-identical files."""
-    summary: dict[str, Any] = {
-        "generator": "msmtrec.data.synth",
-        "generator_version": GENERATOR_VERSION,
-        "config": config.to_dict(),
-        "schema": schema.to_dict(),
-    }
-    if family is not None:
-        summary["family"] = family
+    summary = summary_header("msmtrec.data.synth", GENERATOR_VERSION, config, schema, family)
     return write_scenarios(out_dir, generate(config, schema), summary, config.fmt, schema)

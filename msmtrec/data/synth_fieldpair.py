@@ -40,12 +40,13 @@ from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
 from msmtrec.data.synth import (
     _PAGE_SIZE,
     SynthScenario,
-    _auc,
     _calibrate,
     _labels,
     _MeanRate,
     _rng,
     _sigmoid,
+    scenario_stats,
+    summary_header,
     write_scenarios,
 )
 
@@ -365,24 +366,7 @@ def generate(
         zeros = np.zeros(schema.num_categorical, np.int64)
         n_train, n_test = config.train_rows, config.test_rows
         first_test_page = (n_train + _PAGE_SIZE - 1) // _PAGE_SIZE
-        stats = {
-            "train_rows": n_train,
-            "test_rows": n_test,
-            "train_ctr": float(tr_lab[:, 0].mean()),
-            "train_ctcvr": float(tr_lab[:, 1].mean()),
-            "train_cvr_given_click": float(tr_lab[:, 1].sum() / max(1, tr_lab[:, 0].sum())),
-            "test_ctr": float(te_lab[:, 0].mean()),
-            "test_ctcvr": float(te_lab[:, 1].mean()),
-            "ctr_intercept": a_ctr,
-            "cvr_intercept": a_cvr,
-            "latent_task_correlation": float(np.corrcoef(tr_h, tr_r)[0, 1])
-            if n_train > 2
-            else None,
-            "oracle_test_auc": {
-                "ctr": _auc(te_pctr, te_lab[:, 0]),
-                "ctcvr": _auc(te_pctcvr, te_lab[:, 1]),
-            },
-        }
+        stats = scenario_stats(tr_lab, te_lab, (te_pctr, te_pctcvr), (a_ctr, a_cvr), (tr_h, tr_r))
         out[name] = SynthScenario(
             name=name,
             train=ScenarioData(tr_cat, tr_num, tr_lab, oov_counts=zeros.copy()),
@@ -404,12 +388,7 @@ def synthesize(
 ) -> dict[str, Any]:
     """Write the same layout as ``msmtrec.data.synth.synthesize``: per scenario
     ``{train,test}.<fmt>`` and ``test.oracle.parquet``, and ``synth.json``."""
-    summary: dict[str, Any] = {
-        "generator": "msmtrec.data.synth_fieldpair",
-        "generator_version": GENERATOR_VERSION,
-        "config": config.to_dict(),
-        "schema": schema.to_dict(),
-    }
-    if family is not None:
-        summary["family"] = family
+    summary = summary_header(
+        "msmtrec.data.synth_fieldpair", GENERATOR_VERSION, config, schema, family
+    )
     return write_scenarios(out_dir, generate(config, schema), summary, config.fmt, schema)
