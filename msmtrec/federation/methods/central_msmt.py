@@ -14,17 +14,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from msmtrec.federation.config import FederationConfig
-from msmtrec.federation.groups import ParameterGroups
+from msmtrec.federation.methods.central import policies, pooled_rounds
 from msmtrec.federation.methods.registry import Method, PooledRun, register
 
 if TYPE_CHECKING:
     from msmtrec.data.dataset import ScenarioSplits
     from msmtrec.model.config import ModelConfig
     from msmtrec.training.history import Log, RoundRecord
-
-
-def policies(cfg: FederationConfig) -> ParameterGroups:
-    return ParameterGroups({})  # nothing is federated
 
 
 def run_central_msmt(
@@ -35,7 +31,6 @@ def run_central_msmt(
     log: Log,
 ) -> list[RoundRecord]:
     from msmtrec.data.dataset import ScenarioData
-    from msmtrec.federation.methods.central import pooled_rounds
     from msmtrec.model.scenario_mmoe import build_scenario_model, with_scenario
 
     names = tuple(sorted(splits))
