@@ -12,17 +12,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from msmtrec.federation.config import experiment_overrides
-from msmtrec.federation.methods import check_networked, method_names
-from msmtrec.model.config import PRESETS
-from msmtrec.spec import FederationSpec
-from msmtrec.training.config import TrainConfig
+from msmtrec.experiment import ProtocolSettings
+from msmtrec.federation.methods import check_networked
 from servicekit.settings import NO_CLI, ServiceSettings
 
 MiB = 1 << 20
 
 
-class AggregatorSettings(ServiceSettings):
+class AggregatorSettings(ServiceSettings, ProtocolSettings):
     model_config = SettingsConfigDict(env_prefix="MSMTREC_AGGREGATOR_", extra="forbid")
     section = "aggregator"
 
@@ -53,62 +50,15 @@ class AggregatorSettings(ServiceSettings):
         100, ge=1, description="calls one token may make at once before the rate applies"
     )
 
-    # ------------------------------------------------------------- experiment protocol
-    method: str = Field(
-        "pfmsmtrec",
-        description=f"federation method: {', '.join(method_names(networked=True))}",
-    )
-    preset: str = Field("small", description=f"model preset: {', '.join(sorted(PRESETS))}")
-    seed: int = Field(0, description="seed of the initial model and of every local round")
-    rounds: int = Field(10, description="rounds to run (may be raised on a restart)")
-    valid_fraction: float = Field(0.1, description="tail of train each client holds out")
-    local_epochs: int = Field(TrainConfig.local_epochs, description="local epochs per round")
-    lr: float = Field(TrainConfig.lr, description="client Adam learning rate")
-    weight_decay: float = Field(TrainConfig.weight_decay, description="client weight decay")
-    batch_size: int = Field(TrainConfig.batch_size, description="client batch size")
-    template: Literal["additive3", "two_part", "none"] | None = Field(
-        None, description="override the method's parameter template"
-    )
-    ctcvr_head: Literal["direct", "esmm"] | None = Field(None, description="CTCVR head")
-    mu: float | None = Field(None, description="regularizer weight μ (method default)")
-    conflict: Literal["ca", "pcgrad", "none"] | None = Field(
-        None, description="conflict coordination of expert updates (method default)"
-    )
-    ca_alpha: float | None = Field(None, description="conflict-averse α (method default)")
-    ca_rescale: Literal["alpha", "alpha_sq", "none"] | None = Field(
-        None, description="rescaling of the conflict-averse update (method default)"
-    )
-    template_l2: float | None = Field(
-        None, description="λ of (λ/2)‖W_S, W_T‖², shrinking experts to W_G (method default)"
-    )
-    ditto_lambda: float | None = Field(
-        None, description="ditto: λ of (λ/2)‖v − w_global‖² on the personal model (0.1)"
-    )
-    finetune_epochs: int | None = Field(
-        None, description="fedavg-ft: most fine-tuning epochs, chosen on validation (1)"
-    )
-    head_epochs: int | None = Field(
-        None, description="fedrep: head-only epochs before the body epochs of a round (1)"
-    )
+    # The experiment protocol (method and its knobs, preset, seed, rounds, local training,
+    # validation hold-out, participation) is msmtrec.experiment.ProtocolSettings, inherited:
+    # the same fields as `simulate` and `up`, and the same mapping to the served spec.
 
     # ----------------------------------------------------------------------- rounds
     scenarios: list[str] | None = Field(
         None, description="scenarios of the federation (default: the token table's)"
     )
     min_clients: int = Field(2, description="submissions a round needs to close at its deadline")
-    clients_per_round: int | None = Field(
-        None,
-        ge=1,
-        description="partial participation: clients sampled per round, deterministically by "
-        "seed and round as `simulate --clients-per-round` samples them (default: all)",
-    )
-    client_fraction: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="partial participation: the fraction of the clients sampled per round "
-        "(rounded up); give this or clients_per_round",
-    )
     start_wait_seconds: float = Field(
         30.0,
         description="once min_clients joined, how long round 1 waits for the other scenarios",
@@ -190,11 +140,11 @@ class AggregatorSettings(ServiceSettings):
 
     @field_validator("method")
     @classmethod
-    def _networked_method(cls, v: str) -> str:
+    def _networked_method(cls, v: str) -> str:  # ProtocolSettings checks that it exists
         check_networked(v)  # unknown or central: a ValueError that names the choices
         return v
 
-    @field_validator("min_clients", "rounds", "chunk_bytes", "heartbeat_patience")
+    @field_validator("min_clients", "chunk_bytes", "heartbeat_patience")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:
@@ -207,21 +157,3 @@ class AggregatorSettings(ServiceSettings):
         if v <= 0:
             raise ValueError("must be > 0")
         return v
-
-    def spec(self) -> FederationSpec:
-        fed_overrides, model_overrides = experiment_overrides(self)
-        return FederationSpec(
-            method=self.method,
-            preset=self.preset,
-            seed=self.seed,
-            rounds=self.rounds,
-            valid_fraction=self.valid_fraction,
-            train=TrainConfig(
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                batch_size=self.batch_size,
-                local_epochs=self.local_epochs,
-            ),
-            model_overrides=model_overrides,
-            federation_overrides=fed_overrides,
-        )

@@ -19,7 +19,7 @@ from msmtrec.data.dataset import ScenarioSplits
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
 from msmtrec.device import host_tensors
 from msmtrec.federation.client import ClientRuntime
-from msmtrec.federation.config import FederationConfig, ResolvesExperiment
+from msmtrec.federation.config import DEFAULT_METHOD, FederationConfig, ResolvesExperiment
 from msmtrec.federation.methods import get_method
 from msmtrec.federation.sampling import round_participants
 from msmtrec.federation.strategy import Strategy
@@ -34,7 +34,7 @@ from msmtrec.training.trainer import TrainConfig
 @dataclass
 class SimulationConfig(ResolvesExperiment):
     data_dir: Path
-    method: str = "pfmsmtrec"
+    method: str = DEFAULT_METHOD
     rounds: int = 10
     preset: str = "small"
     seed: int = 0

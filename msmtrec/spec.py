@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
-from msmtrec.federation.config import ResolvesExperiment
+from msmtrec.federation.config import DEFAULT_METHOD, ResolvesExperiment
 from msmtrec.training.config import TrainConfig
 
 if TYPE_CHECKING:  # settings models read the spec; keep torch out of their import
     import torch
+
+    from msmtrec.simulation import SimulationConfig
 
 SPEC_VERSION = 1
 
@@ -32,7 +34,7 @@ SPEC_VERSION = 1
 class FederationSpec(ResolvesExperiment):
     """Method, model preset and overrides, seed, rounds, local training, validation split."""
 
-    method: str = "pfmsmtrec"
+    method: str = DEFAULT_METHOD
     preset: str = "small"
     seed: int = 0
     rounds: int = 10
@@ -99,32 +101,37 @@ class FederationSpec(ResolvesExperiment):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     # --------------------------------------------------------------------------- simulation
-    def to_simulation(self, data_dir: Path, scenarios: tuple[str, ...] | None = None):
-        """The in-process simulation with the same parameters (equivalence tests)."""
+    def to_simulation(
+        self, data_dir: Path, scenarios: tuple[str, ...] | None = None, **local: Any
+    ) -> SimulationConfig:
+        """The in-process simulation with the same protocol. ``local``: the run's own
+        settings that are not protocol (progress, device, precision, privacy, lazy_test)."""
         from msmtrec.simulation import SimulationConfig
 
-        return SimulationConfig(
-            data_dir=data_dir,
-            method=self.method,
-            rounds=self.rounds,
-            preset=self.preset,
-            seed=self.seed,
-            scenarios=scenarios,
-            valid_fraction=self.valid_fraction,
-            train=self.train,
-            model_overrides=dict(self.model_overrides),
-            federation_overrides=dict(self.federation_overrides),
-        )
+        protocol = {name: getattr(self, name) for name in PROTOCOL_FIELDS}
+        protocol["model_overrides"] = dict(self.model_overrides)
+        protocol["federation_overrides"] = dict(self.federation_overrides)
+        return SimulationConfig(data_dir=data_dir, scenarios=scenarios, **protocol, **local)
 
     @classmethod
     def from_simulation(cls, config: Any) -> FederationSpec:
-        return cls(
-            method=config.method,
-            preset=config.preset,
-            seed=config.seed,
-            rounds=config.rounds,
-            valid_fraction=config.valid_fraction,
-            train=config.train,
-            model_overrides=dict(config.model_overrides),
-            federation_overrides=dict(config.federation_overrides),
-        )
+        """The protocol of a simulation's configuration (its protocol fields, by name)."""
+        protocol = {name: getattr(config, name) for name in PROTOCOL_FIELDS}
+        protocol["model_overrides"] = dict(config.model_overrides)
+        protocol["federation_overrides"] = dict(config.federation_overrides)
+        return cls(**protocol)
+
+
+# The fields a simulation's configuration shares with the spec, by the same names: the
+# bridge in both directions copies exactly these (tests/unit/test_experiment.py checks that
+# SimulationConfig has each, with the same default).
+PROTOCOL_FIELDS = (
+    "method",
+    "preset",
+    "seed",
+    "rounds",
+    "valid_fraction",
+    "train",
+    "model_overrides",
+    "federation_overrides",
+)

@@ -2,7 +2,8 @@
 
 The experiment protocol (model preset, method, seed, local training settings, validation
 hold-out) is not here: the aggregator hands it out, so every scenario trains the way the
-federation (and ``msmtrec simulate``) does.
+federation (and ``msmtrec simulate``) does. Differential privacy is: the ``dp_*`` fields of
+:class:`msmtrec.experiment.PrivacySettings`, the same model ``simulate`` and ``up`` use.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from msmtrec.device import DEVICE_HELP, PRECISION_HELP, check_device
-from msmtrec.training.config import PrivacyConfig
+from msmtrec.experiment import PrivacySettings
 from servicekit.settings import NO_CLI, ServiceSettings
 
 
-class ClientSettings(ServiceSettings):
+class ClientSettings(ServiceSettings, PrivacySettings):
     model_config = SettingsConfigDict(env_prefix="MSMTREC_CLIENT_", extra="forbid")
     section = "client"
 
@@ -71,27 +72,9 @@ class ClientSettings(ServiceSettings):
     backoff_initial_seconds: float = Field(0.5, description="first retry delay")
     backoff_max_seconds: float = Field(10.0, description="largest retry delay (with jitter)")
 
-    # Record-level differential privacy of this scenario's training (docs/PRIVACY.md): the
-    # client's own choice, since it protects the client's own rows.
-    dp_epsilon: float | None = Field(
-        None,
-        description="differential privacy: ε budget over all rounds of the federation "
-        "(unset: no DP); a round that would exceed it is refused",
-    )
-    dp_delta: float | None = Field(None, description="DP δ (default 1/training rows)")
-    dp_max_grad_norm: float | None = Field(
-        None, description="DP per-sample gradient clipping bound C (default 1.0)"
-    )
-    dp_noise_multiplier: float | None = Field(
-        None,
-        description="DP noise multiplier σ instead of calibrating it to dp-epsilon (with "
-        "dp-epsilon too, ε only caps the spending)",
-    )
-    dp_noise_seed: int | None = Field(
-        None,
-        description="seed of DP sampling and noise, for reproducible research only (default: "
-        "a secret one; whoever knows it can remove the noise)",
-    )
+    # Record-level differential privacy of this scenario's training (docs/PRIVACY.md), the
+    # dp_* fields of msmtrec.experiment.PrivacySettings (inherited): the client's own
+    # choice, since it protects the client's own rows.
 
     threads: int | None = Field(None, description="torch intra-op threads")
     device: str = Field("auto", description=f"where the model trains: {DEVICE_HELP}")
@@ -115,15 +98,6 @@ class ClientSettings(ServiceSettings):
     def _device(cls, v: str) -> str:
         return check_device(v)
 
-    @field_validator(
-        "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_noise_multiplier", "dp_noise_seed",
-        mode="before",
-    )  # fmt: skip
-    @classmethod
-    def _empty_is_unset(cls, v: object) -> object:
-        # compose passes `${MSMTREC_DP_EPSILON:-}`: an empty variable means "not set"
-        return None if isinstance(v, str) and not v.strip() else v
-
     @model_validator(mode="after")
     def _privacy_valid(self) -> ClientSettings:
         # a bad combination is an error naming the setting, at start-up
@@ -133,16 +107,6 @@ class ClientSettings(ServiceSettings):
                 "dp_noise_multiplier): private training runs in fp32 only; set precision fp32"
             )
         return self
-
-    def privacy(self) -> PrivacyConfig | None:
-        """The DP configuration these settings describe (None: no DP)."""
-        return PrivacyConfig.from_values(
-            epsilon=self.dp_epsilon,
-            delta=self.dp_delta,
-            max_grad_norm=self.dp_max_grad_norm,
-            noise_multiplier=self.dp_noise_multiplier,
-            noise_seed=self.dp_noise_seed,
-        )
 
     def resolved_state_dir(self) -> Path:
         return self.state_dir or Path("runs/client") / self.scenario

@@ -19,6 +19,10 @@ CaRescale = Literal["alpha", "alpha_sq", "none"]
 PersonalForm = Literal["add", "interp"]
 HyperGrad = Literal["raw", "cosine"]
 
+# The method every entry point runs unless told otherwise (simulate, the aggregator, up, the
+# spec, the simulation's configuration): named here once.
+DEFAULT_METHOD = "pfmsmtrec"
+
 # Knobs of single methods. None means "this method has no such knob": a configuration
 # without them serialises exactly as before they existed (checkpoints and spec digests of
 # the older methods are unchanged), and setting one on a method that lacks it is an error.
@@ -64,7 +68,7 @@ class FederationConfig:
     without it the additive split is pure over-parametrisation.
     """
 
-    method: str = "pfmsmtrec"
+    method: str = DEFAULT_METHOD
     template: str = "additive3"
     mu: float = 1e-3
     conflict: ConflictMode = "ca"

@@ -6,9 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from msmtrec.federation.config import METHODS
+from msmtrec.experiment import ExperimentSettings
+from msmtrec.federation.config import DEFAULT_METHOD, METHODS
 from msmtrec.model.config import CTCVR_HEADS, PRESETS, TEMPLATES
-from msmtrec.training.config import TrainConfig
+
+
+def _default(name: str):
+    """A protocol knob's default: the one in msmtrec.experiment's settings model."""
+    return ExperimentSettings.model_fields[name].default
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,25 +39,29 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
         help="directory of <scenario>/{train,test}.{csv,parquet}",
     )
     add_method_flag(p)
-    p.add_argument("--rounds", type=int, default=10, help="federated rounds")
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model sizes")
-    p.add_argument("--seed", type=int, default=0, help="seed of data splits, model and training")
+    p.add_argument("--rounds", type=int, default=_default("rounds"), help="federated rounds")
+    p.add_argument(
+        "--preset", default=_default("preset"), choices=sorted(PRESETS), help="model sizes"
+    )
+    p.add_argument(
+        "--seed", type=int, default=_default("seed"), help="seed of data splits, model and training"
+    )
     p.add_argument("--scenarios", nargs="+", default=None, help="subset of scenarios")
     p.add_argument(
         "--valid-fraction",
         type=float,
-        default=0.1,
+        default=_default("valid_fraction"),
         help="tail of train held out for model selection",
     )
     p.add_argument(
-        "--local-epochs", type=int, default=TrainConfig.local_epochs, help="local epochs per round"
+        "--local-epochs", type=int, default=_default("local_epochs"), help="local epochs per round"
     )
-    p.add_argument("--lr", type=float, default=TrainConfig.lr, help="client learning rate")
+    p.add_argument("--lr", type=float, default=_default("lr"), help="client learning rate")
     p.add_argument(
-        "--weight-decay", type=float, default=TrainConfig.weight_decay, help="client weight decay"
+        "--weight-decay", type=float, default=_default("weight_decay"), help="client weight decay"
     )
     p.add_argument(
-        "--batch-size", type=int, default=TrainConfig.batch_size, help="client batch size"
+        "--batch-size", type=int, default=_default("batch_size"), help="client batch size"
     )
     p.add_argument(
         "--template",
@@ -189,19 +198,14 @@ def add_privacy_args(p: argparse.ArgumentParser) -> None:
 
 
 def privacy_from_args(args: argparse.Namespace):
-    """The :class:`~msmtrec.training.config.PrivacyConfig` of the ``--dp-*`` flags, or None."""
-    from msmtrec.training.config import PrivacyConfig
+    """The :class:`~msmtrec.training.config.PrivacyConfig` of the ``--dp-*`` flags, or None
+    (through :class:`msmtrec.experiment.PrivacySettings`, as the clients read theirs)."""
+    from msmtrec.experiment import PrivacySettings
 
     try:
-        privacy = PrivacyConfig.from_values(
-            epsilon=args.dp_epsilon,
-            delta=args.dp_delta,
-            max_grad_norm=args.dp_max_grad_norm,
-            noise_multiplier=args.dp_noise_multiplier,
-            noise_seed=args.dp_noise_seed,
-        )
+        privacy = PrivacySettings.from_values(args).privacy()
     except ValueError as exc:
-        raise SystemExit(f"error: {str(exc).replace('dp_', '--dp-').replace('_', '-')}") from None
+        raise SystemExit(f"error: {_flag_names(str(exc))}") from None
     precision = getattr(args, "precision", "fp32")
     if privacy is not None and precision != "fp32":
         raise SystemExit(
@@ -211,7 +215,12 @@ def privacy_from_args(args: argparse.Namespace):
     return privacy
 
 
-def add_method_flag(p: argparse.ArgumentParser, default: str = "pfmsmtrec") -> None:
+def _flag_names(message: str) -> str:
+    """A settings message in flag spelling (``dp_delta`` → ``--dp-delta``)."""
+    return message.replace("dp_", "--dp-").replace("_", "-")
+
+
+def add_method_flag(p: argparse.ArgumentParser, default: str = DEFAULT_METHOD) -> None:
     """``--method`` (the one name, as in ``up`` and ``aggregator``); ``--strategy`` is still
     accepted, unlisted, for scripts written before the rename."""
     p.add_argument(
@@ -227,27 +236,25 @@ def add_method_flag(p: argparse.ArgumentParser, default: str = "pfmsmtrec") -> N
     )  # fmt: skip
 
 
-def config_from_args(args: argparse.Namespace):
-    from msmtrec.federation.config import experiment_overrides
-    from msmtrec.simulation import SimulationConfig
+def experiment_from_args(args: argparse.Namespace) -> ExperimentSettings:
+    """The flags as the one experiment settings model (msmtrec.experiment); a bad value is a
+    SystemExit naming the field."""
+    from pydantic import ValidationError
 
-    fed_overrides, model_overrides = experiment_overrides(args)
-    return SimulationConfig(
-        data_dir=args.data,
-        method=args.method,
-        rounds=args.rounds,
-        preset=args.preset,
-        seed=args.seed,
+    from msmtrec.experiment import field_errors
+
+    try:
+        return ExperimentSettings.from_values(args)
+    except ValidationError as exc:
+        raise SystemExit(f"error: {field_errors(exc)}") from None
+
+
+def config_from_args(args: argparse.Namespace):
+    """The simulation's configuration: the experiment's protocol plus this run's own
+    settings (scenarios, progress, device, precision, privacy)."""
+    return experiment_from_args(args).simulation_config(
+        args.data,
         scenarios=tuple(args.scenarios) if args.scenarios else None,
-        valid_fraction=args.valid_fraction,
-        train=TrainConfig(
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            batch_size=args.batch_size,
-            local_epochs=args.local_epochs,
-        ),
-        model_overrides=model_overrides,
-        federation_overrides=fed_overrides,
         progress=args.progress,
         device=getattr(args, "device", "cpu"),
         precision=getattr(args, "precision", "fp32"),

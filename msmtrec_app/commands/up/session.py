@@ -43,6 +43,7 @@ from typing import Any
 
 from aggregator.records import RoundRecord
 from aggregator.views import StatusView
+from msmtrec.federation.config import DEFAULT_METHOD
 from msmtrec_app.cli import add_device_flags, check_device_available, device_arg
 from msmtrec_app.commands.up.children import (
     build_children,
@@ -101,9 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
     p.add_argument(
         "--method",
-        default="pfmsmtrec",
+        default=DEFAULT_METHOD,
         type=networked_method,
-        help="federation method (default pfmsmtrec)",
+        help=f"federation method (default {DEFAULT_METHOD})",
     )
     p.add_argument("--preset", default="small", help="model preset (default small)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the federation")
@@ -478,9 +479,12 @@ def run(args: argparse.Namespace) -> int:
         and check_device_available(args.gateway_device, "up")
     ):
         return EXIT_USAGE
-    from msmtrec_app.commands.simulate import privacy_from_args
+    from msmtrec_app.commands.simulate import experiment_from_args, privacy_from_args
 
-    privacy_from_args(args)  # a bad --dp-* combination stops here, before any process starts
+    # the experiment as the one settings model (msmtrec.experiment): a bad value or --dp-*
+    # combination stops here, naming the field, before any process starts
+    experiment_from_args(args)
+    privacy_from_args(args)
     up = Up(args, args.run_dir)
 
     def on_signal(signum: int, _frame: object) -> None:
