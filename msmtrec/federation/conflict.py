@@ -11,6 +11,7 @@ import torch
 from scipy.optimize import minimize
 
 from msmtrec.federation.config import CaRescale, ConflictMode
+from msmtrec.federation.simplex_qp import simplex_qp_weights
 
 
 def conflict_averse_weights(gram: np.ndarray, c: float) -> np.ndarray:
@@ -41,14 +42,26 @@ def conflict_averse_weights(gram: np.ndarray, c: float) -> np.ndarray:
     return w / w.sum() if w.sum() > 0 else mean_w
 
 
-def conflict_averse_plan(gram: np.ndarray, alpha: float) -> tuple[float, np.ndarray | None]:
+def conflict_averse_plan(
+    gram: np.ndarray, alpha: float, *, mean_a: float | None = None, solver: str = "slsqp"
+) -> tuple[float, np.ndarray | None]:
     """From the Gram matrix A = G Gᵀ alone: ``c = α·sqrt(mean(A))`` and the simplex weights
     w* (None when c = 0, where g is the plain mean). Split out so that the server can build A
-    block by block (msmtrec.federation.strategy) without holding G in one piece."""
-    g0 = float(np.sqrt(max(gram.mean(), 0.0) + 1e-16))
+    block by block (msmtrec.federation.strategy) without holding G in one piece.
+
+    ``mean_a``: mean(A) when known more exactly than from ``gram`` (a sketched A's mean is
+    accumulated exactly). ``solver``: ``slsqp`` (scipy; O(C³) per iteration, the path every
+    federation of up to 8 clients takes) or ``fista`` (msmtrec.federation.simplex_qp; O(C²)
+    per iteration, stops on an optimality certificate)."""
+    mean = float(gram.mean()) if mean_a is None else mean_a
+    g0 = float(np.sqrt(max(mean, 0.0) + 1e-16))
     c = alpha * g0
     if c <= 0.0:
         return c, None
+    if solver == "fista":
+        return c, simplex_qp_weights(gram, c)
+    if solver != "slsqp":
+        raise ValueError(f"unknown simplex solver {solver!r}; choose slsqp or fista")
     return c, conflict_averse_weights(gram, c)
 
 

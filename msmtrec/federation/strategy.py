@@ -35,88 +35,28 @@ cost against a float64 matmul; means, FedAvg and G w* stay float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from msmtrec.federation.config import FederationConfig
+from msmtrec.federation.blocks import (
+    SKETCH_COLUMNS,
+    DeltaBlocks,
+    ExactGram,
+    SketchedGram,
+    block_columns,
+    column_blocks,
+    sketch_signs,
+)
+from msmtrec.federation.config import CA_EXACT_MAX_CLIENTS, FederationConfig
 from msmtrec.federation.conflict import conflict_averse_plan, coordinate, rescale_divisor
 from msmtrec.federation.groups import ParameterGroups, Policy
+from msmtrec.federation.hypergrad import Scratch, combine, part_products
 
 Tensors = dict[str, torch.Tensor]
-
-# A (clients × columns) working block holds ~BLOCK_ELEMENTS values (8 MB in float64), but
-# never fewer than MIN_BLOCK_COLUMNS columns (at 64 clients: 24 MB, still within the L3
-# cache): the deltas are formed with one call per client and block, so a width that shrank
-# with the number of clients would make those calls grow as C².
-BLOCK_ELEMENTS = 1 << 20
-MIN_BLOCK_COLUMNS = 1 << 15
-# Columns per float32 Gram matmul; partial Grams are summed in float64.
-GRAM_COLUMNS = 4096
-
-
-def _block_columns(clients: int) -> int:
-    return max(MIN_BLOCK_COLUMNS, BLOCK_ELEMENTS // max(clients, 1))
-
-
-def _add_gram(gram: torch.Tensor, narrow: torch.Tensor) -> None:
-    """gram (float64) += narrow narrowᵀ, as float32 matmuls over GRAM_COLUMNS columns."""
-    for lo in range(0, narrow.shape[1], GRAM_COLUMNS):
-        x = narrow[:, lo : lo + GRAM_COLUMNS]
-        gram += torch.mm(x, x.T)
-
-
-def _column_blocks(numel: int, clients: int) -> Iterator[tuple[int, int]]:
-    step = _block_columns(clients)
-    for lo in range(0, numel, step):
-        yield lo, min(numel, lo + step)
-
-
-class _DeltaBlocks:
-    """Blocks of the clients' deltas Δ_c = θ_c^end − θ_c^start of one flat tensor slice, as a
-    (C × b) float64 matrix in client order, formed in buffers allocated once per pass.
-
-    Each delta is rounded to the tensors' dtype first (float32), exactly as
-    ``end − start`` would be, and only then widened."""
-
-    def __init__(self, clients: int, dtype: torch.dtype) -> None:
-        cols = _block_columns(clients)
-        self.narrow = torch.empty(clients, cols, dtype=dtype)
-        self.wide = torch.empty(clients, cols, dtype=torch.float64)
-
-    @classmethod
-    def reuse(cls, blocks: _DeltaBlocks | None, clients: int, dtype: torch.dtype) -> _DeltaBlocks:
-        """``blocks`` if it fits ``dtype`` (buffers are allocated once per pass), else new."""
-        fits = blocks is not None and blocks.narrow.dtype == dtype
-        return blocks if fits else cls(clients, dtype)
-
-    def block(
-        self, ends: Sequence[torch.Tensor], starts: Sequence[torch.Tensor], lo: int, hi: int
-    ) -> torch.Tensor:
-        """The deltas of columns [lo, hi) in float64."""
-        return self.widen(self.block_narrow(ends, starts, lo, hi))
-
-    def block_narrow(
-        self, ends: Sequence[torch.Tensor], starts: Sequence[torch.Tensor], lo: int, hi: int
-    ) -> torch.Tensor:
-        """The deltas of columns [lo, hi) in the tensors' own dtype."""
-        cols = hi - lo
-        narrow = self.narrow[:, :cols]
-        if all(s is starts[0] for s in starts):  # one start for all (FedAvg'd tensors)
-            torch.stack([e[lo:hi] for e in ends], out=narrow)
-            narrow.sub_(starts[0][lo:hi])
-        else:
-            for i, (end, start) in enumerate(zip(ends, starts, strict=True)):
-                torch.sub(end[lo:hi], start[lo:hi], out=narrow[i])
-        return narrow
-
-    def widen(self, narrow: torch.Tensor) -> torch.Tensor:
-        wide = self.wide[:, : narrow.shape[1]]
-        wide.copy_(narrow)
-        return wide
 
 
 @dataclass
@@ -184,6 +124,8 @@ class Strategy:
         self._expert_mixing: torch.Tensor | None = None  # (K, C): g_k = Σ_j m_kj Δ_j
         self._ca_plans: dict[int, tuple[float, list[float] | None]] = {}
         self._tower_attention: dict[str, torch.Tensor] = {}  # tower layer → (C, C)
+        self._signs: torch.Tensor | None = None  # the sketch's column signs (blocks.py)
+        self._scratch = Scratch()  # reused working buffers (hypergrad.py)
 
     # ----------------------------------------------------------------------------- payloads
     @property
@@ -277,8 +219,7 @@ class Strategy:
                 grads_b = [self._grad_b(c, tower_deltas[c]) for c in ids]
             self._hyper_step(ids, grad_a, grads_b)
         if cfg.personal_form == "interp":
-            names = self.expert_names + self.tower_names
-            self.last_delta.update({c: {n: ends[c][n] - starts[c][n] for n in names} for c in ids})
+            self._store_deltas(ids, starts, ends)
         new_global = self._fedavg(updates, starts, ends)
         new_personal: dict[str, Tensors] = {
             c: {n: ends[c][n].clone() for n in self.tower_names} for c in ids
@@ -291,6 +232,18 @@ class Strategy:
         self.round += 1
         self.last_report = self._report(ids)
         return {cid: self.payload(cid) for cid in ids}
+
+    def _store_deltas(
+        self, ids: list[str], starts: dict[str, Tensors], ends: dict[str, Tensors]
+    ) -> None:
+        """last_delta[c] = θ_c^end − θ_c^start for the personalized tensors, written over the
+        client's previous deltas (read by the hyper-gradient, which ran before): the same
+        values as fresh tensors without C × P fresh memory (page faults) every round."""
+        for c in ids:
+            mine = self.last_delta.setdefault(c, {})
+            for n in self.expert_names + self.tower_names:
+                old = mine.get(n)
+                mine[n] = torch.sub(ends[c][n], starts[c][n], out=old)
 
     def _report(self, ids: list[str]) -> dict[str, Any]:
         """The personalization this round applied, as plain JSON-able numbers.
@@ -353,34 +306,60 @@ class Strategy:
             out.append(v)
         return out
 
+    def sketched(self, clients: int) -> bool:
+        """Whether a round of ``clients`` builds its conflict-averse step from sketched Gram
+        matrices and the first-order simplex solver (``ca_scale``; config.py)."""
+        mode = self.config.ca_scale
+        return mode == "sketch" or (mode == "auto" and clients > CA_EXACT_MAX_CLIENTS)
+
+    def _sketch_signs(self) -> torch.Tensor:
+        """±1 per column of one expert's concatenated W_S tensors (built once)."""
+        if self._signs is None:
+            length = sum(self.initial[n][0].numel() for n in self.expert_names)
+            self._signs = sketch_signs(length)
+        return self._signs
+
     def _expert_statistics(
         self,
         ids: list[str],
         starts: dict[str, Tensors],
         ends: dict[str, Tensors],
         with_grad_a: bool,
-    ) -> tuple[dict[int, np.ndarray], torch.Tensor | None]:
+    ) -> tuple[dict[int, tuple[np.ndarray, float | None]], torch.Tensor | None]:
         """First pass over the expert deltas: the Gram matrix A_k = G_k G_kᵀ of every expert
-        (the conflict-averse QP needs nothing else) and, if asked, ∂L/∂a_{c,k} = −⟨g_k, Δ_c⟩
-        against last round's coordinated update (for every client of this round; only the
-        ones that were also in the last round use it)."""
-        grams = {k: torch.zeros(len(ids), len(ids), dtype=torch.float64)
-                 for k in range(self.num_experts)}  # fmt: skip
-        grad_a = torch.zeros(len(ids), self.num_experts, dtype=torch.float64)
-        blocks: _DeltaBlocks | None = None
-        for n in self.expert_names:
-            previous = self.last_expert_update.get(n) if with_grad_a else None
-            numel = self.initial[n][0].numel()
-            blocks = _DeltaBlocks.reuse(blocks, len(ids), self.initial[n].dtype)
-            for k in range(self.num_experts):
+        (the conflict-averse QP needs nothing else; sketched for many clients, with its exact
+        mean) and, if asked, ∂L/∂a_{c,k} = −⟨g_k, Δ_c⟩ against last round's coordinated
+        update (for every client of this round; only the ones that were also in the last
+        round use it). Expert by expert, so one sketch is alive at a time; the sums of each
+        A_k and each ∂L/∂a_{·,k} run in the same order as name by name."""
+        clients = len(ids)
+        sketch = (
+            self.sketched(clients)
+            and sum(self.initial[n][0].numel() for n in self.expert_names) > SKETCH_COLUMNS
+        )
+        grams: dict[int, tuple[np.ndarray, float | None]] = {}
+        grad_a = torch.zeros(clients, self.num_experts, dtype=torch.float64)
+        blocks: DeltaBlocks | None = None
+        for k in range(self.num_experts):
+            acc: ExactGram | SketchedGram = (
+                SketchedGram(clients, self._sketch_signs(), SKETCH_COLUMNS)
+                if sketch
+                else ExactGram(clients)
+            )
+            for n in self.expert_names:
+                previous = self.last_expert_update.get(n) if with_grad_a else None
+                numel = self.initial[n][0].numel()
+                blocks = DeltaBlocks.reuse(blocks, clients, self.initial[n].dtype)
                 e, s = self._flat(ids, ends, n, k), self._flat(ids, starts, n, k)
                 prev = previous[k].reshape(-1) if previous is not None else None
-                for lo, hi in _column_blocks(numel, len(ids)):
+                for lo, hi in column_blocks(numel, clients):
                     d = blocks.block_narrow(e, s, lo, hi)
-                    _add_gram(grams[k], d)
+                    acc.add(d)
                     if prev is not None:
                         grad_a[:, k] -= blocks.widen(d) @ prev[lo:hi].double()
-        return {k: g.numpy() for k, g in grams.items()}, (grad_a if with_grad_a else None)
+            gram, mean_a = acc.result()
+            grams[k] = (gram.numpy(), mean_a)
+        return grams, (grad_a if with_grad_a else None)
 
     def _grad_a_reference(
         self, ids: list[str], starts: dict[str, Tensors], ends: dict[str, Tensors]
@@ -399,15 +378,15 @@ class Strategy:
         ids = [u.client_id for u in updates]
         weights = torch.tensor([u.num_samples / total for u in updates], dtype=torch.float64)
         out: Tensors = {}
-        blocks: _DeltaBlocks | None = None
-        acc = torch.empty(_block_columns(len(ids)), dtype=torch.float64)
+        blocks: DeltaBlocks | None = None
+        acc = torch.empty(block_columns(len(ids)), dtype=torch.float64)
         for n in self.fedavg_names:
             current = self.global_params[n]
             flat_out = torch.empty(current.numel(), dtype=current.dtype)
             flat_cur = current.reshape(-1)
             e, s = self._flat(ids, ends, n), self._flat(ids, starts, n)
-            blocks = _DeltaBlocks.reuse(blocks, len(ids), current.dtype)
-            for lo, hi in _column_blocks(current.numel(), len(ids)):
+            blocks = DeltaBlocks.reuse(blocks, len(ids), current.dtype)
+            for lo, hi in column_blocks(current.numel(), len(ids)):
                 d = blocks.block(e, s, lo, hi)
                 a = acc[: hi - lo]
                 torch.mv(d.T, weights, out=a)
@@ -421,14 +400,18 @@ class Strategy:
         ids: list[str],
         starts: dict[str, Tensors],
         ends: dict[str, Tensors],
-        grams: dict[int, np.ndarray],
+        grams: dict[int, tuple[np.ndarray, float | None]],
     ) -> Tensors:
         """Second pass: g_k = (mean(Δ) + c_k/‖G_k w*_k‖ · G_k w*_k) / divisor per expert, from
         each expert's Gram matrix (conflict_averse_update's formula, laid out like the
         tensors)."""
         cfg = self.config
-        plans = {k: conflict_averse_plan(grams[k], cfg.ca_alpha) for k in range(self.num_experts)}
         clients = len(ids)
+        solver = "fista" if self.sketched(clients) else "slsqp"
+        plans = {
+            k: conflict_averse_plan(gram, cfg.ca_alpha, mean_a=mean_a, solver=solver)
+            for k, (gram, mean_a) in grams.items()
+        }
         # Rows [1/C, …] (the mean) and, where coordination applies, w*_k (G w*): one matmul
         # over each block gives both.
         rows = {
@@ -441,16 +424,16 @@ class Strategy:
         means: Tensors = {}
         mixed: Tensors = {}
         norm_sq = [0.0] * self.num_experts
-        blocks: _DeltaBlocks | None = None
+        blocks: DeltaBlocks | None = None
         for n in self.expert_names:
             ref = self.initial[n]
             numel = ref[0].numel()
             both = torch.empty(self.num_experts, 2, numel, dtype=torch.float64)
-            blocks = _DeltaBlocks.reuse(blocks, clients, ref.dtype)
+            blocks = DeltaBlocks.reuse(blocks, clients, ref.dtype)
             for k in range(self.num_experts):
                 e, s = self._flat(ids, ends, n, k), self._flat(ids, starts, n, k)
                 r = rows[k]
-                for lo, hi in _column_blocks(numel, clients):
+                for lo, hi in column_blocks(numel, clients):
                     d = blocks.block(e, s, lo, hi)
                     torch.mm(r, d, out=both[k, : len(r), lo:hi])
                 if len(r) > 1:
@@ -515,7 +498,7 @@ class Strategy:
         ids: list[str],
         starts: dict[str, Tensors],
         ends: dict[str, Tensors],
-        grams: dict[int, np.ndarray],
+        grams: dict[int, tuple[np.ndarray, float | None]],
         new: dict[str, Tensors],
     ) -> Tensors:
         if not self.expert_names:
@@ -538,7 +521,8 @@ class Strategy:
                 out = old if old is not None and old is not self.initial[n] else None
                 direction = update[n]
                 if cfg.personal_form == "interp":  # θ_start + (1 − a)Δ_c + a·g
-                    direction = update[n] - (ends[c][n] - starts[c][n])
+                    # Δ_c is last_delta[c][n] (stored this round, the same float32 values)
+                    direction = self._scratch.diff("direction", update[n], self.last_delta[c][n])
                 new[c][n] = torch.addcmul(ends[c][n], scale.view(shape), direction, out=out)
         return update
 
@@ -619,15 +603,7 @@ class Strategy:
         interp, cosine = cfg.personal_form == "interp", cfg.hyper_grad == "cosine"
         grads_a = torch.zeros(len(ids), self.num_experts, dtype=torch.float64)
         grads_b: list[dict[str, float]] = []
-
-        def grad(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-            dot = sum(float(u.double().flatten() @ v.double().flatten()) for u, v in parts)
-            if not cosine:
-                return -dot
-            nu = math.sqrt(sum(float(u.double().square().sum()) for u, _ in parts))
-            nv = math.sqrt(sum(float(v.double().square().sum()) for _, v in parts))
-            return -dot / (nu * nv + 1e-16)
-
+        scratch = self._scratch
         for i, c in enumerate(ids):
             if c not in self.last_participants:
                 grads_b.append({layer: 0.0 for layer in self.tower_layers})
@@ -639,17 +615,19 @@ class Strategy:
                     g = self.last_expert_update.get(n)
                     if g is None:
                         continue
-                    u = g[k] - prev[n][k] if n in prev else g[k]
-                    parts.append((u, ends[c][n][k] - starts[c][n][k]))
-                grads_a[i, k] = grad(parts) if parts else 0.0
+                    u = scratch.diff("u", g[k], prev[n][k]) if n in prev else g[k]
+                    v = scratch.diff("v", ends[c][n][k], starts[c][n][k])
+                    parts.append(part_products(u, v, cosine, scratch))
+                grads_a[i, k] = combine(parts, cosine) if parts else 0.0
             mixed = self.last_attention.get(c, {})
-            by_layer: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+            by_layer: dict[str, list[tuple[float, float, float]]] = {}
             for n in self.tower_names:
                 if n in mixed:
-                    u = mixed[n] - prev[n] if n in prev else mixed[n]
-                    by_layer.setdefault(tower_layer(n), []).append((u, tower_deltas[c][n]))
+                    u = scratch.diff("u", mixed[n], prev[n]) if n in prev else mixed[n]
+                    products = part_products(u, tower_deltas[c][n], cosine, scratch)
+                    by_layer.setdefault(tower_layer(n), []).append(products)
             grads_b.append(
-                {layer: grad(by_layer[layer]) if layer in by_layer else 0.0
+                {layer: combine(by_layer[layer], cosine) if layer in by_layer else 0.0
                  for layer in self.tower_layers}
             )  # fmt: skip
         return grads_a, grads_b

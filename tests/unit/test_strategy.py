@@ -250,7 +250,7 @@ def test_blockwise_coordination_matches_the_stacked_reference(monkeypatch):
     clients); the result equals coordinate() on each expert's fully stacked deltas (to
     float32 rounding), and the batched hyper-gradient equals hyper_gradients() client by
     client."""
-    import msmtrec.federation.strategy as st
+    import msmtrec.federation.blocks as st
 
     # many column blocks per expert tensor, and Gram slices that do not divide them
     monkeypatch.setattr(st, "BLOCK_ELEMENTS", 1024)
@@ -258,7 +258,7 @@ def test_blockwise_coordination_matches_the_stacked_reference(monkeypatch):
     monkeypatch.setattr(st, "GRAM_COLUMNS", 100)
     s = _strategy()
     numel = max(s.initial[n][0].numel() for n in s.expert_names)
-    assert len(list(st._column_blocks(numel, len(CLIENTS)))) > 3
+    assert len(list(st.column_blocks(numel, len(CLIENTS)))) > 3
     s.aggregate(_random_updates(s, 0))  # a first round, so the next one has a hyper step
     ups = sorted(_random_updates(s, 1), key=lambda u: u.client_id)
     ids = [u.client_id for u in ups]
