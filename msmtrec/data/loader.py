@@ -54,6 +54,8 @@ __all__ = [
     "list_scenarios",
     "load_scenario",
     "load_split",
+    "open_parquet",
+    "read_row_group",
     "write_split",
 ]
 
@@ -183,11 +185,19 @@ class _Sink:
     """Preallocated output arrays filled chunk by chunk; grows only if the row count was
     underestimated (never on the normal path, where it is counted exactly first)."""
 
-    def __init__(self, plan: _Plan, capacity: int, path: Path, positions: Mapping[str, int]):
+    def __init__(
+        self,
+        plan: _Plan,
+        capacity: int,
+        path: Path,
+        positions: Mapping[str, int],
+        first_row: int = 0,
+    ):
         s = plan.schema
         self.plan = plan
         self.path = path
         self.positions = positions
+        self.first_row = first_row  # data rows of the file before this sink's first row
         self.n = 0
         self.cat = np.empty((capacity, s.num_categorical), dtype=categorical_dtype(s))
         self.num = np.empty((capacity, s.num_numerical), dtype=np.float32)
@@ -285,7 +295,8 @@ class _Sink:
 
         if problems:
             i, _, name, message = min(problems, key=lambda p: (p[0], p[1]))
-            raise DataValidationError(self.path, message, row=a + i + 1, column=name)
+            row = self.first_row + a + i + 1
+            raise DataValidationError(self.path, message, row=row, column=name)
         self.n = b
 
     def result(self) -> ScenarioData:
@@ -537,13 +548,46 @@ def _numeric_column(path: Path, name: str, arr: pa.Array, first_row: int) -> np.
     raise DataValidationError(path, f"column has non-numeric type {t}", column=name)
 
 
-def _load_parquet(path: Path, plan: _Plan) -> ScenarioData:
+def open_parquet(path: Path, schema: FeatureSchema) -> tuple[pq.ParquetFile, dict[str, int]]:
+    """The file and the positions of the schema's columns in it; an error names a file that
+    is not Parquet or a missing column."""
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataValidationError(path, f"not a readable Parquet file: {exc}") from exc
-    names = pf.schema_arrow.names
-    positions = _check_columns(path, plan, names)
+    return pf, _check_columns(path, _Plan(schema), pf.schema_arrow.names)
+
+
+def read_row_group(
+    pf: pq.ParquetFile,
+    path: Path,
+    schema: FeatureSchema,
+    positions: Mapping[str, int],
+    group: int,
+    first_row: int,
+    rows: tuple[int, int] | None = None,
+) -> ScenarioData:
+    """One row group (``rows``: a ``[lo, hi)`` slice of it), validated exactly as
+    :func:`load_split` validates a whole file; ``first_row`` (the data rows of the file before
+    this group) keeps error rows numbered as in the file. For streaming readers."""
+    plan = _Plan(schema)
+    required = list(plan.required)
+    table = pf.read_row_group(group, columns=required)
+    lo, hi = rows if rows is not None else (0, table.num_rows)
+    if (lo, hi) != (0, table.num_rows):
+        table = table.slice(lo, hi - lo)
+    sink = _Sink(plan, table.num_rows, path, positions, first_row=first_row + lo)
+    for batch in table.to_batches(max_chunksize=_PARQUET_BATCH_ROWS):
+        cols = {
+            name: _numeric_column(path, name, batch.column(name), first_row + lo + sink.n + 1)
+            for name in required
+        }
+        sink.add(cols, batch.num_rows)
+    return sink.result()
+
+
+def _load_parquet(path: Path, plan: _Plan) -> ScenarioData:
+    pf, positions = open_parquet(path, plan.schema)
     sink = _Sink(plan, pf.metadata.num_rows, path, positions)
     required = list(plan.required)
     # Row group by row group: ``iter_batches`` reads far ahead (the whole file in pyarrow 26),
