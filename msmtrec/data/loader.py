@@ -12,7 +12,15 @@ Why it is built this way:
   (header excluded, blank lines not counted) and the column.
 * Columns are matched by name, so extra columns are ignored and column order is free.
 * Vocabulary sizes come from the schema: ids ``>= vocab_size`` go to the out-of-vocabulary
-  slot ``vocab_size`` and are counted per field.
+  slot ``vocab_size`` and are counted per field. Features of a *hashed* table (a spec's
+  ``hash_buckets``) hold raw ids of any size; they are mapped into the table by
+  ``msmtrec.data.hashing.hash_ids``, the function the gateway uses, so an id lands in the same
+  row at training and at serving time. (CSV ids are parsed as float64: exact below 2**53.)
+* Numericals get the spec's normalization (``log1p`` needs values > -1; ``standard`` is
+  ``(x - mean) / std``); AliExpress has none, so its arrays are the file's values, bit for bit.
+* Chained tasks (a spec's ``parent``: ESMM's ``ctcvr = ctr x cvr``) must have a label no
+  larger than the parent's. The AliExpress layout (tasks ``ctr``, ``ctcvr`` with no parent
+  declared) keeps its implicit chain: conversion cannot exceed click.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from msmtrec.data.dataset import ScenarioData, ScenarioSplits
+from msmtrec.data.hashing import hash_ids
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
 
 __all__ = [
@@ -41,9 +50,12 @@ __all__ = [
     "DataValidationError",
     "find_split_file",
     "iter_line_chunks",
+    "label_chains",
     "list_scenarios",
     "load_scenario",
     "load_split",
+    "open_parquet",
+    "read_row_group",
     "write_split",
 ]
 
@@ -106,6 +118,12 @@ class _Plan:
             return "categorical"
         return "numerical"
 
+    @property
+    def chains(self) -> tuple[tuple[int, int], ...]:
+        """(child label index, parent label index) pairs whose child label must not exceed
+        its parent's."""
+        return label_chains(self.schema)
+
     def csv_types(self) -> dict[str, pa.DataType]:
         # Categoricals and labels are parsed as float64 so "3.0" is accepted and "1.5" is
         # reported by a vectorized check (with its row) instead of failing the whole chunk.
@@ -120,15 +138,37 @@ def categorical_dtype(schema: FeatureSchema) -> np.dtype:
     """int16 for the tiny AliExpress vocabularies; int32 only if a schema needs it."""
     return (
         np.dtype(np.int16)
-        if max(schema.table_sizes) <= np.iinfo(np.int16).max
+        if max(schema.table_sizes, default=0) <= np.iinfo(np.int16).max
         else np.dtype(np.int32)
     )
+
+
+def label_chains(schema: FeatureSchema) -> tuple[tuple[int, int], ...]:
+    """(child, parent) label indices of the schema's product chains. A schema that declares
+    no parent but has the AliExpress tasks (``ctr``, ``ctcvr``) keeps the implicit chain of
+    its second label (conversion = clicked and purchased) on its first (click)."""
+    pairs = tuple(
+        (t, schema.tasks.index(p)) for t, p in enumerate(schema.task_parents) if p is not None
+    )
+    if not pairs and schema.tasks[:2] == ("ctr", "ctcvr"):
+        pairs = ((1, 0),)
+    return pairs
 
 
 def _conversion_message(click: str, conv: str) -> str:
     return (
         f"{conv}=1 but {click}=0 ({conv} marks clicked-and-purchased impressions, so it "
         f"cannot exceed {click})"
+    )
+
+
+def _chain_message(schema: FeatureSchema, child: int, parent: int) -> str:
+    if schema.tasks[:2] == ("ctr", "ctcvr") and (child, parent) == (1, 0):
+        return _conversion_message(schema.labels[0], schema.labels[1])
+    c, p = schema.labels[child], schema.labels[parent]
+    return (
+        f"{c}=1 but {p}=0 (task {schema.tasks[child]!r} is chained on "
+        f"{schema.tasks[parent]!r}: its label cannot exceed its parent's)"
     )
 
 
@@ -145,17 +185,26 @@ class _Sink:
     """Preallocated output arrays filled chunk by chunk; grows only if the row count was
     underestimated (never on the normal path, where it is counted exactly first)."""
 
-    def __init__(self, plan: _Plan, capacity: int, path: Path, positions: Mapping[str, int]):
+    def __init__(
+        self,
+        plan: _Plan,
+        capacity: int,
+        path: Path,
+        positions: Mapping[str, int],
+        first_row: int = 0,
+    ):
         s = plan.schema
         self.plan = plan
         self.path = path
         self.positions = positions
+        self.first_row = first_row  # data rows of the file before this sink's first row
         self.n = 0
         self.cat = np.empty((capacity, s.num_categorical), dtype=categorical_dtype(s))
         self.num = np.empty((capacity, s.num_numerical), dtype=np.float32)
         self.lab = np.empty((capacity, s.num_tasks), dtype=np.uint8)
         self.oov = np.zeros(s.num_categorical, dtype=np.int64)
         self.vocab = np.asarray(s.vocab_sizes, dtype=np.int64)
+        self.hashed = tuple(s.tables[t].hashed for t in s.feature_tables)
         self.cat_index = {c: j for j, c in enumerate(s.categorical)}
         self.num_index = {c: j for j, c in enumerate(s.numerical)}
         self.lab_index = {c: j for j, c in enumerate(s.labels)}
@@ -198,6 +247,9 @@ class _Sink:
                 report(name, "categorical", bad)
                 continue
             vocab = int(self.vocab[j])
+            if self.hashed[j]:
+                self.cat[a:b, j] = hash_ids(v, vocab)
+                continue
             n_over = int(np.count_nonzero(v >= vocab))
             self.cat[a:b, j] = np.minimum(v, vocab) if n_over else v
             self.oov[j] += n_over
@@ -209,7 +261,20 @@ class _Sink:
             if bad.any():
                 report(name, "numerical", bad)
                 continue
-            self.num[a:b, j] = v32
+            norm = s.normalization[j]
+            if norm == "none":
+                self.num[a:b, j] = v32
+            elif norm == "log1p":
+                low = v32 <= -1.0
+                if low.any():
+                    i = _first(low)
+                    message = f"log1p normalization needs values > -1, got {float(v32[i])}"
+                    problems.append((i, self.positions.get(name, 0), name, message))
+                    continue
+                self.num[a:b, j] = np.log1p(v32)
+            else:  # standard
+                mean, std = s.numerical_stats[j] or (0.0, 1.0)
+                self.num[a:b, j] = (v32.astype(np.float64) - mean) / std
 
         labels_ok = True
         for j, name in enumerate(s.labels):
@@ -220,16 +285,18 @@ class _Sink:
                 labels_ok = False
                 continue
             self.lab[a:b, j] = v
-        if labels_ok and len(s.labels) >= 2:
-            click, conv = s.labels[0], s.labels[1]
-            viol = self.lab[a:b, 1] > self.lab[a:b, 0]
-            if viol.any():
-                pos = self.positions.get(conv, 0)
-                problems.append((_first(viol), pos, conv, _conversion_message(click, conv)))
+        if labels_ok:
+            for child, parent in self.plan.chains:
+                viol = self.lab[a:b, child] > self.lab[a:b, parent]
+                if viol.any():
+                    name = s.labels[child]
+                    message = _chain_message(s, child, parent)
+                    problems.append((_first(viol), self.positions.get(name, 0), name, message))
 
         if problems:
             i, _, name, message = min(problems, key=lambda p: (p[0], p[1]))
-            raise DataValidationError(self.path, message, row=a + i + 1, column=name)
+            row = self.first_row + a + i + 1
+            raise DataValidationError(self.path, message, row=row, column=name)
         self.n = b
 
     def result(self) -> ScenarioData:
@@ -288,6 +355,7 @@ def _diagnose_rows(
     """First (row, column, problem) among ``rows`` (numbered from ``first_row``), or None."""
     ordered = sorted(plan.required, key=lambda c: positions[c])
     labels = plan.schema.labels
+    chains = [(labels[c], labels[p], c, p) for c, p in plan.chains]
     row_no = first_row - 1
     for fields in rows:
         if not fields or (len(fields) == 1 and fields[0] == ""):
@@ -302,10 +370,10 @@ def _diagnose_rows(
             if problem is not None:
                 return row_no, name, problem
             values[name] = v
-            if len(labels) >= 2 and name in labels[:2] and all(x in values for x in labels[:2]):
-                click, conv = labels[0], labels[1]
-                if values[conv] > values[click]:
-                    return row_no, conv, _conversion_message(click, conv)
+            for child, parent, ci, pi in chains:
+                both = name in (child, parent) and child in values and parent in values
+                if both and values[child] > values[parent]:
+                    return row_no, child, _chain_message(plan.schema, ci, pi)
     return None
 
 
@@ -480,13 +548,46 @@ def _numeric_column(path: Path, name: str, arr: pa.Array, first_row: int) -> np.
     raise DataValidationError(path, f"column has non-numeric type {t}", column=name)
 
 
-def _load_parquet(path: Path, plan: _Plan) -> ScenarioData:
+def open_parquet(path: Path, schema: FeatureSchema) -> tuple[pq.ParquetFile, dict[str, int]]:
+    """The file and the positions of the schema's columns in it; an error names a file that
+    is not Parquet or a missing column."""
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataValidationError(path, f"not a readable Parquet file: {exc}") from exc
-    names = pf.schema_arrow.names
-    positions = _check_columns(path, plan, names)
+    return pf, _check_columns(path, _Plan(schema), pf.schema_arrow.names)
+
+
+def read_row_group(
+    pf: pq.ParquetFile,
+    path: Path,
+    schema: FeatureSchema,
+    positions: Mapping[str, int],
+    group: int,
+    first_row: int,
+    rows: tuple[int, int] | None = None,
+) -> ScenarioData:
+    """One row group (``rows``: a ``[lo, hi)`` slice of it), validated exactly as
+    :func:`load_split` validates a whole file; ``first_row`` (the data rows of the file before
+    this group) keeps error rows numbered as in the file. For streaming readers."""
+    plan = _Plan(schema)
+    required = list(plan.required)
+    table = pf.read_row_group(group, columns=required)
+    lo, hi = rows if rows is not None else (0, table.num_rows)
+    if (lo, hi) != (0, table.num_rows):
+        table = table.slice(lo, hi - lo)
+    sink = _Sink(plan, table.num_rows, path, positions, first_row=first_row + lo)
+    for batch in table.to_batches(max_chunksize=_PARQUET_BATCH_ROWS):
+        cols = {
+            name: _numeric_column(path, name, batch.column(name), first_row + lo + sink.n + 1)
+            for name in required
+        }
+        sink.add(cols, batch.num_rows)
+    return sink.result()
+
+
+def _load_parquet(path: Path, plan: _Plan) -> ScenarioData:
+    pf, positions = open_parquet(path, plan.schema)
     sink = _Sink(plan, pf.metadata.num_rows, path, positions)
     required = list(plan.required)
     # Row group by row group: ``iter_batches`` reads far ahead (the whole file in pyarrow 26),
@@ -526,8 +627,8 @@ def load_split(
 
     Raises ``DataValidationError`` (file, row, column) on a missing column, a non-numeric
     cell, a missing cell, a non-integer or negative categorical id, a label outside {0, 1}
-    or conversion > click. Ids ``>= vocab_size`` map to the OOV slot and are counted in
-    ``oov_counts``.
+    or a chained label above its parent's (conversion > click). Ids ``>= vocab_size`` map to
+    the OOV slot and are counted in ``oov_counts``; ids of hashed tables are hashed.
     """
     path = Path(path)
     kind = _format_of(path)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from msmtrec.data.dataset import ScenarioData
+from msmtrec.data.stream import ParquetStream
 from msmtrec.device import autocast, check_precision, model_device
 from msmtrec.model.mmoe import MultiTaskMMoE
 from msmtrec.training.config import TrainConfig
@@ -266,7 +267,7 @@ class Trainer:
 
     def fit(
         self,
-        data: ScenarioData,
+        data: ScenarioData | ParquetStream,
         *,
         seed: int,
         epochs: int | None = None,
@@ -277,9 +278,10 @@ class Trainer:
         progress: bool = False,
         desc: str = "train",
     ) -> FitResult:
-        """``epochs`` over ``data`` (default ``local_epochs``). ``trainable``: names of the
-        only parameters that move (the others are frozen for this call, e.g. FedRep's
-        alternating head and body steps); None: all of them."""
+        """``epochs`` over ``data`` (default ``local_epochs``); a ``ParquetStream`` is read
+        out of core, in its own shuffled batches (seeded by ``seed`` and the epoch).
+        ``trainable``: names of the only parameters that move (the others are frozen for
+        this call, e.g. FedRep's alternating head and body steps); None: all of them."""
         named = dict(self.model.named_parameters())
         if trainable is None:
             return self._fit(data, named, seed, epochs, anchor, mu, shrink, progress, desc)
@@ -300,7 +302,7 @@ class Trainer:
 
     def _fit(
         self,
-        data: ScenarioData,
+        data: ScenarioData | ParquetStream,
         params: dict[str, torch.nn.Parameter],
         seed: int,
         epochs: int | None,
@@ -312,14 +314,18 @@ class Trainer:
     ) -> FitResult:
         cfg = self.config
         epochs = cfg.local_epochs if epochs is None else epochs
-        td = self._tensors(data)
-        n = len(td)
+        stream = data if isinstance(data, ParquetStream) else None
+        td = None if isinstance(data, ParquetStream) else self._tensors(data)
+        n = len(data)
         model = self.model
         device = model_device(model)
         model.train()
         if self.privacy is not None:
+            if td is None:
+                raise ValueError("DP-SGD samples batches from every row: it needs in-memory data")
             return self._fit_private(td, params, seed, epochs, anchor, mu, shrink, progress, desc)
-        feed = DeviceBatches(td, device, cfg.batch_size) if device.type == "cuda" else None
+        cuda = td is not None and device.type == "cuda"
+        feed = DeviceBatches(td, device, cfg.batch_size) if cuda else None
         torch.manual_seed(seed)  # dropout; the permutation has its own generator below
         gen = torch.Generator().manual_seed(seed)
         groups, anchored = penalty_groups(params, cfg.weight_decay, anchor, mu, shrink)
@@ -339,16 +345,29 @@ class Trainer:
             disable=not progress,
             leave=False,
         )
-        for _ in range(epochs):
+
+        def batches(epoch: int) -> Iterable[tuple[torch.Tensor, ...]]:
+            if stream is not None:  # out of core: the stream's own shuffled batches
+                for b in stream.batches(cfg.batch_size, seed=seed, epoch=epoch):
+                    if len(b) >= 2:  # BatchNorm cannot normalise a single row
+                        yield tuple(
+                            torch.from_numpy(a).to(device, non_blocking=True)
+                            for a in (b.categorical, b.numerical, b.labels)
+                        )
+                return
+            assert td is not None
             perm = torch.randperm(n, generator=gen)
             for lo in range(0, n, cfg.batch_size):
                 idx = perm[lo : lo + cfg.batch_size]
                 if len(idx) < 2:  # BatchNorm cannot normalise a single row
                     continue
                 if feed is None:
-                    cat, num, labels = td.categorical[idx], td.numerical[idx], td.labels[idx]
+                    yield td.categorical[idx], td.numerical[idx], td.labels[idx]
                 else:
-                    cat, num, labels = feed.gather(idx)
+                    yield feed.gather(idx)
+
+        for epoch in range(epochs):
+            for cat, num, labels in batches(epoch):
                 with autocast(device, self.precision):
                     logits = model(cat, num)
                 # the loss in float32 whatever the autocast dtype (a no-op in fp32)
@@ -361,10 +380,10 @@ class Trainer:
                 if anchored:  # the proximal term's constant part; the rest is weight decay
                     torch._foreach_add_([p.grad for p in anchored_params], anchored_refs, alpha=-mu)
                 optimizer.step()
-                total_loss += task_loss.detach().double() * len(idx)
+                total_loss += task_loss.detach().double() * len(labels)
                 steps += 1
-                seen += len(idx)
-                bar.update(len(idx))
+                seen += len(labels)
+                bar.update(len(labels))
         bar.close()
         loss = float(total_loss) / max(seen, 1)  # on CUDA: waits for the last step
         return FitResult(num_samples=n, steps=steps, loss=loss, seconds=time.perf_counter() - start)
