@@ -73,7 +73,10 @@ class InputLayout:
     sparse_tables: frozenset[int]
 
     @classmethod
-    def of(cls, schema: FeatureSchema, sparse_rows: int = SPARSE_TABLE_ROWS) -> InputLayout:
+    def of(cls, schema: FeatureSchema, sparse_rows: int | None = None) -> InputLayout:
+        """``sparse_rows``: the size threshold (default: :data:`SPARSE_TABLE_ROWS`, read at
+        call time so a benchmark can compare against dense tables)."""
+        sparse_rows = SPARSE_TABLE_ROWS if sparse_rows is None else sparse_rows
         dense, separate, starts = [], [], {}
         rows = 0
         for i, t in enumerate(schema.tables):
