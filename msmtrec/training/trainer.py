@@ -378,9 +378,9 @@ class Trainer:
                         p.grad = torch.zeros_like(p)
                 if anchored:  # the proximal term's constant part; the rest is weight decay
                     torch._foreach_add_([p.grad for p in anchored_params], anchored_refs, alpha=-mu)
-                optimizer.step()
-                if sparse_opt is not None:
+                if sparse_opt is not None:  # row-wise: only the batch's rows of its tables
                     sparse_opt.step()
+                optimizer.step()
                 total_loss += task_loss.detach().double() * len(idx)
                 steps += 1
                 seen += len(idx)
