@@ -27,6 +27,7 @@ class Group(StrEnum):
     BN_COUNTER = "bn_counter"  # BatchNorm num_batches_tracked (int64, shape ())
     EMBEDDING = "embedding"  # categorical tables and the numerical projection
     EMBEDDING_SCENARIO = "embedding_scenario"  # E_S of the embedding template (never sent)
+    EMBEDDING_PRIVATE = "embedding_private"  # tables of policy "private" (never sent)
     GATE = "gate"  # per-task gates
     TOWER = "tower"  # tower Linear weights and biases
 
@@ -46,6 +47,8 @@ RULES: tuple[tuple[str, Group], ...] = (
     (r"(^experts\.norms\.\d+|\.norm)\.num_batches_tracked$", Group.BN_COUNTER),
     (r"(^experts\.norms\.\d+|\.norm)\.(weight|bias|running_mean|running_var)$", Group.BN),
     (r"^(embedding|numerical)\.(weight|bias)$", Group.EMBEDDING),
+    (r"^embedding_tables\.\w+\.weight$", Group.EMBEDDING),  # large shared tables (model.inputs)
+    (r"^private_tables\.\w+\.weight$", Group.EMBEDDING_PRIVATE),
     (r"^embedding_s\.weight$", Group.EMBEDDING_SCENARIO),
     (r"^gates\.\w+\.(weight|bias)$", Group.GATE),
     (r"^towers\.\w+\.(layers\.\d+\.linear|head)\.(weight|bias)$", Group.TOWER),
@@ -76,7 +79,7 @@ class ParameterGroups:
     def __post_init__(self) -> None:
         if self.policies.get(Group.BN_COUNTER, Policy.KEEP) is not Policy.KEEP:
             raise ValueError("num_batches_tracked is an integer counter and is never aggregated")
-        for g in (Group.TASK, Group.EMBEDDING_SCENARIO):
+        for g in (Group.TASK, Group.EMBEDDING_SCENARIO, Group.EMBEDDING_PRIVATE):
             if self.policies.get(g, Policy.KEEP) is not Policy.KEEP:
                 raise ValueError(f"group {g} never leaves the client")
 

@@ -26,6 +26,12 @@ from torch import nn
 
 from msmtrec.data.schema import FeatureSchema
 from msmtrec.model.config import ModelConfig
+from msmtrec.model.inputs import (
+    SchemaInputs,
+    chain_logits,
+    logit_of_product,
+    task_parent_indices,
+)
 
 
 class TemplatedExpertLayer(nn.Module):
@@ -207,7 +213,7 @@ class Tower(nn.Module):
         return self.head(x).squeeze(-1)
 
 
-class MultiTaskMMoE(nn.Module):
+class MultiTaskMMoE(SchemaInputs):
     """Templated MMoE over one scenario's impressions; returns logits (B, T) in task order.
 
     With ``ctcvr_head="esmm"`` the towers are ``ctr`` and ``cvr`` and the CTCVR logit is the
@@ -216,21 +222,12 @@ class MultiTaskMMoE(nn.Module):
 
     def __init__(self, schema: FeatureSchema, config: ModelConfig) -> None:
         super().__init__()
-        if schema.num_tasks != 2 and config.ctcvr_head == "esmm":
-            raise ValueError("the esmm head needs exactly two tasks (ctr, ctcvr)")
+        check_heads(schema, config)
         self.schema, self.config = schema, config
         self.tasks = schema.tasks
         self.tower_names = ("ctr", "cvr") if config.ctcvr_head == "esmm" else tuple(schema.tasks)
-        d = config.embed_dim
-        sizes = torch.tensor((0, *schema.table_sizes[:-1]), dtype=torch.long)
-        self.register_buffer("offsets", torch.cumsum(sizes, 0), persistent=False)
-        self.embedding = nn.Embedding(sum(schema.table_sizes), d)
-        nn.init.xavier_uniform_(self.embedding.weight)
-        self.numerical = nn.Linear(schema.num_numerical, d)
-        if config.embedding_template:
-            self.embedding_s = nn.Embedding(sum(schema.table_sizes), d)
-            nn.init.zeros_(self.embedding_s.weight)
-        in_dim = d * (schema.num_categorical + 1)
+        self.task_parents = task_parent_indices(schema)
+        in_dim = self._build_inputs(schema, config)
         self.experts = TemplatedExperts(in_dim, config, len(self.tower_names))
         self.gates = nn.ModuleDict(
             {t: nn.Linear(in_dim, config.num_experts) for t in self.tower_names}
@@ -242,14 +239,6 @@ class MultiTaskMMoE(nn.Module):
             }
         )
 
-    def embed(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
-        ids = categorical.long() + self.offsets
-        cat = self.embedding(ids)  # (B, F, d)
-        if self.config.embedding_template:
-            cat = cat + self.embedding_s(ids)
-        num = self.numerical(numerical).unsqueeze(1)  # (B, 1, d)
-        return torch.cat((cat, num), dim=1).flatten(1)
-
     def forward(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
         e = self.embed(categorical, numerical)
         h = self.experts(e)  # (B, K, V, out)
@@ -259,16 +248,28 @@ class MultiTaskMMoE(nn.Module):
             gate = torch.softmax(self.gates[name](e), dim=-1)
             z = torch.einsum("bk,bko->bo", gate, view)
             logits.append(self.towers[name](z))
+        return torch.stack(self._heads(logits), dim=1)
+
+    def _heads(self, logits: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Tower logits → task logits: ESMM's product, or the schema's product chains."""
         if self.config.ctcvr_head == "esmm":
-            return torch.stack((logits[0], _logit_of_product(logits[0], logits[1])), dim=1)
-        return torch.stack(logits, dim=1)
+            return [logits[0], _logit_of_product(logits[0], logits[1])]
+        if any(p is not None for p in self.task_parents):
+            return chain_logits(logits, self.task_parents)
+        return logits
 
 
-def _logit_of_product(logit_a: torch.Tensor, logit_b: torch.Tensor) -> torch.Tensor:
-    """logit(σ(a)·σ(b)), computed in log space so it stays finite for confident inputs."""
-    log_p = F.logsigmoid(logit_a) + F.logsigmoid(logit_b)
-    log_p = torch.clamp(log_p, max=-1e-7)
-    return log_p - torch.log(-torch.expm1(log_p))
+def check_heads(schema: FeatureSchema, config: ModelConfig) -> None:
+    if schema.num_tasks != 2 and config.ctcvr_head == "esmm":
+        raise ValueError("the esmm head needs exactly two tasks (ctr, ctcvr)")
+    if config.ctcvr_head == "esmm" and any(p is not None for p in schema.task_parents):
+        raise ValueError(
+            "ctcvr_head 'esmm' and the schema's task parents both chain tasks; the schema "
+            f"already makes {schema.tasks[1]!r} a product, use ctcvr_head 'direct'"
+        )
+
+
+_logit_of_product = logit_of_product  # the historical name (scenario_mmoe, tests)
 
 
 def build_model(schema: FeatureSchema, config: ModelConfig, seed: int) -> MultiTaskMMoE:

@@ -25,10 +25,11 @@ from torch import nn
 from msmtrec.data.dataset import ScenarioData
 from msmtrec.data.schema import FeatureSchema
 from msmtrec.model.config import ModelConfig
-from msmtrec.model.mmoe import TemplatedExperts, Tower, _logit_of_product
+from msmtrec.model.inputs import SchemaInputs, task_parent_indices
+from msmtrec.model.mmoe import MultiTaskMMoE, TemplatedExperts, Tower, check_heads
 
 
-class ScenarioAwareMMoE(nn.Module):
+class ScenarioAwareMMoE(SchemaInputs):
     """MMoE over pooled rows of several scenarios; returns logits (B, T) in task order."""
 
     def __init__(self, schema: FeatureSchema, config: ModelConfig, scenarios: Sequence[str]):
@@ -37,19 +38,15 @@ class ScenarioAwareMMoE(nn.Module):
             raise ValueError("a scenario-aware model needs at least one scenario")
         if len(set(scenarios)) != len(scenarios):
             raise ValueError(f"scenario names repeat: {list(scenarios)}")
-        if schema.num_tasks != 2 and config.ctcvr_head == "esmm":
-            raise ValueError("the esmm head needs exactly two tasks (ctr, ctcvr)")
+        check_heads(schema, config)
         self.schema, self.config = schema, config
         self.scenarios = tuple(scenarios)
         self.tasks = schema.tasks
         self.tower_names = ("ctr", "cvr") if config.ctcvr_head == "esmm" else tuple(schema.tasks)
+        self.task_parents = task_parent_indices(schema)
         d = config.embed_dim
-        sizes = torch.tensor((0, *schema.table_sizes[:-1]), dtype=torch.long)
-        self.register_buffer("offsets", torch.cumsum(sizes, 0), persistent=False)
-        self.embedding = nn.Embedding(sum(schema.table_sizes), d)
-        nn.init.xavier_uniform_(self.embedding.weight)
-        self.numerical = nn.Linear(schema.num_numerical, d)
-        in_dim = d * (schema.num_categorical + 1)
+        # no embedding template here: the pooled model has no scenario-specific input part
+        in_dim = self._build_inputs(schema, config.with_(embedding_template=False))
         self.experts = TemplatedExperts(in_dim, config, len(self.tower_names))
         self.scenario_embedding = nn.Embedding(len(self.scenarios), d)
         self.gates = nn.ModuleDict(
@@ -71,9 +68,7 @@ class ScenarioAwareMMoE(nn.Module):
 
     def forward(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
         sid = categorical[:, -1].long()
-        cat = categorical[:, :-1].long() + self.offsets
-        num = self.numerical(numerical).unsqueeze(1)
-        e = torch.cat((self.embedding(cat), num), dim=1).flatten(1)
+        e = self.embed(categorical[:, :-1], numerical)
         h = self.experts(e)  # (B, K, V, out)
         gate_in = torch.cat((e, self.scenario_embedding(sid)), dim=1)
         groups = [(i, (sid == i).nonzero().squeeze(1)) for i in range(len(self.scenarios))]
@@ -87,9 +82,7 @@ class ScenarioAwareMMoE(nn.Module):
                 if len(idx):
                     out = out.index_copy(0, idx, self._tower(self.towers[f"s{i}"][name], z[idx]))
             logits.append(out)
-        if self.config.ctcvr_head == "esmm":
-            return torch.stack((logits[0], _logit_of_product(logits[0], logits[1])), dim=1)
-        return torch.stack(logits, dim=1)
+        return torch.stack(MultiTaskMMoE._heads(self, logits), dim=1)
 
     def _tower(self, tower: nn.Module, z: torch.Tensor) -> torch.Tensor:
         """A scenario's tower on its rows of the batch. BatchNorm cannot normalise one row in

@@ -39,6 +39,7 @@ from msmtrec.data.stream import ParquetStream
 from msmtrec.device import autocast, check_precision, model_device
 from msmtrec.model.mmoe import MultiTaskMMoE
 from msmtrec.training.config import TrainConfig
+from msmtrec.training.sparse import SparseRowAdam
 
 if TYPE_CHECKING:
     from msmtrec.training.privacy import PrivateTraining
@@ -227,6 +228,20 @@ def penalty_groups(
     return [(g, wd) for wd, g in by_decay.items()], refs
 
 
+def _split_sparse(
+    model: torch.nn.Module, params: dict[str, torch.nn.Parameter], lr: float
+) -> tuple[dict[str, torch.nn.Parameter], SparseRowAdam | None]:
+    """The dense parameters (for Adam and the penalties) and a row-wise Adam over the
+    model's sparse embedding tables, if it has any (the AliExpress layout has none, so its
+    steps are unchanged)."""
+    names = getattr(model, "sparse_parameter_names", frozenset())
+    sparse = [p for n, p in params.items() if n in names]
+    if not sparse:
+        return params, None
+    dense = {n: p for n, p in params.items() if n not in names}
+    return dense, SparseRowAdam(sparse, lr=lr)
+
+
 class Trainer:
     """Fits and evaluates one model; the regularizer (μ/2)‖θ_shared − θ_start‖² anchors the
     tensors that leave the client to where the round started (PF-MSMTrec §6, FedProx), and
@@ -328,6 +343,7 @@ class Trainer:
         feed = DeviceBatches(td, device, cfg.batch_size) if cuda else None
         torch.manual_seed(seed)  # dropout; the permutation has its own generator below
         gen = torch.Generator().manual_seed(seed)
+        params, sparse_opt = _split_sparse(model, params, cfg.lr)
         groups, anchored = penalty_groups(params, cfg.weight_decay, anchor, mu, shrink)
         optimizer = make_optimizer(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         anchored_params = [p for p, _ in anchored]
@@ -373,12 +389,16 @@ class Trainer:
                 # the loss in float32 whatever the autocast dtype (a no-op in fp32)
                 task_loss = F.binary_cross_entropy_with_logits(logits.float(), labels.float())
                 optimizer.zero_grad(set_to_none=True)
+                if sparse_opt is not None:
+                    sparse_opt.zero_grad()
                 task_loss.backward()
                 for p in penalized:  # a penalty alone still moves an unused parameter
                     if p.grad is None:
                         p.grad = torch.zeros_like(p)
                 if anchored:  # the proximal term's constant part; the rest is weight decay
                     torch._foreach_add_([p.grad for p in anchored_params], anchored_refs, alpha=-mu)
+                if sparse_opt is not None:  # row-wise: only the batch's rows of its tables
+                    sparse_opt.step()
                 optimizer.step()
                 total_loss += task_loss.detach().double() * len(labels)
                 steps += 1
@@ -409,6 +429,12 @@ class Trainer:
 
         privacy = self.privacy
         assert privacy is not None
+        if getattr(self.model, "sparse_parameter_names", None):
+            raise ValueError(
+                "differential privacy (dp_epsilon / dp_noise_multiplier) with sparse embedding "
+                f"tables {sorted(self.model.sparse_parameter_names)}: per-sample clipping "
+                "needs dense gradients; use tables of at most SPARSE_TABLE_ROWS rows"
+            )
         if self.precision != "fp32":
             raise ValueError(
                 f"precision {self.precision!r} with differential privacy (dp_epsilon / "
