@@ -54,3 +54,16 @@ def processes(tmp_path):
         yield group
     finally:
         group.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """CLI entry points run in-process by tests may pin torch's intra-op threads
+    (``--threads``); restore them so later tests (bit-pinned digests among them) see
+    torch's default again."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)

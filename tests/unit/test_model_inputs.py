@@ -57,6 +57,8 @@ PINNED = {
 
 @pytest.mark.parametrize("name", sorted(PINNED))
 def test_aliexpress_model_is_bit_identical_to_before(name):
+    # the digests were taken with two intra-op threads; reduction order depends on it
+    torch.set_num_threads(2)
     cfg = preset("small", embedding_template=name == "emb")
     for schema in (ALIEXPRESS, load_spec("aliexpress")):
         model = build_model(schema, cfg, seed=5)
