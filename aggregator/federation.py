@@ -2,10 +2,13 @@
 
 One :class:`Federation` owns the core :class:`~msmtrec.federation.strategy.Strategy`, the
 round state machine, the round history and the checkpoint store, and does the round
-accounting: joins, payloads, submissions, closing a round. The other jobs live next door:
-checking what clients send (``intake``), the round record (``records``), the history file
-(``history``) and the read-only views (``views``). The gRPC servicer and the status API are
-thin adapters; tests drive it directly too.
+accounting. It is assembled from parts, one job each: the state, status and restore (this
+module), joins, heartbeats and downloads (``membership``), submissions and reported
+evaluations (``submissions``), the controller's ticks and round closes (``controller``), and
+what the calls answer (``answers``). Next door: checking what clients send (``intake``),
+aggregation + checkpoint + rollback (``closing``), the round record (``records``), the
+history file (``history``) and the read-only views (``views``). The gRPC servicer and the
+status API are thin adapters; tests drive it directly too.
 
 Invariants:
 
@@ -25,90 +28,38 @@ Invariants:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
+from aggregator.answers import Payload, Status, SubmitResult
 from aggregator.checkpoint import Checkpoint, CheckpointStore
-from aggregator.closing import CloseFailure, RoundCloser
-from aggregator.errors import Reason, Refusal
+from aggregator.closing import RoundCloser
+from aggregator.controller import Controller
 from aggregator.history import DEFAULT_RETENTION, History
 from aggregator.hooks import Hooks, NoHooks
-from aggregator.intake import (
-    Submission,
-    UploadTicket,
-    check_header,
-    clean_evaluation,
-    clean_note,
-    decode_payload,
-    finite_metrics,
-)
-from aggregator.records import (
-    ClosingRound,
-    RoundClient,
-    RoundRecord,
-    fmt_auc,
-    round_line,
-)
-from aggregator.rounds import Action, Phase, RoundMachine, RoundRules
-from msmtrec.codec import (
-    Encoded,
-    TensorSpec,
-    canonical_json,
-    compare_signatures,
-    encode,
-    signature_of,
-)
-from msmtrec.faults import fault_point
+from aggregator.intake import Submission
+from aggregator.membership import Membership
+from aggregator.records import RoundRecord
+from aggregator.rounds import Phase, RoundMachine, RoundRules
+from aggregator.submissions import Submissions
+from msmtrec.codec import Encoded, canonical_json, signature_of
 from msmtrec.federation.methods import check_networked
 from msmtrec.federation.sampling import round_participants
 from msmtrec.federation.strategy import Strategy
 from msmtrec.spec import FederationSpec
 
+__all__ = ["Federation", "Payload", "Status", "SubmitResult"]
+
 log = logging.getLogger("aggregator")
 
 
-@dataclass
-class Status:
-    phase: Phase
-    round: int
-    completed_rounds: int
-    total_rounds: int
-    deadline_unix: float | None
-    joined: list[str]
-    live: list[str]
-    submitted: list[str]
-    min_clients: int
-    message: str
-    you_are_joined: bool = False
-    you_submitted: bool = False
-    participants: list[str] | None = None  # the open round's sample (None: every client)
-
-
-@dataclass
-class SubmitResult:
-    duplicate: bool
-    digest: str
-    status: Status
-
-
-@dataclass
-class Payload:
-    round: int  # the round this payload starts
-    completed_rounds: int
-    final: bool
-    encoded: Encoded
-
-
-class Federation:
+class Federation(Membership, Submissions, Controller):
     """Strategy + round state machine + history + checkpoints, behind one lock (see the
-    module docstring for the invariants)."""
+    module docstring for the invariants and the parts)."""
 
     def __init__(
         self,
@@ -280,333 +231,6 @@ class Federation:
             return all(m.clients[s].final_reported for s in m.live(now))
 
     # -------------------------------------------------------------------------- calls
-    def check_scenario(self, scenario: str) -> None:
-        if scenario not in self.scenarios:
-            raise Refusal(
-                Reason.UNKNOWN_SCENARIO,
-                f"scenario {scenario!r} is not part of this federation "
-                f"({', '.join(self.scenarios)})",
-            )
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "spec_json": self.spec.to_json(),
-            "spec_digest": self.spec_digest,
-            "heartbeat_interval": self.heartbeat_interval,
-            "chunk_bytes": self.chunk_bytes,
-            "max_payload_bytes": self.max_payload_bytes,
-        }
-
-    def join(
-        self,
-        scenario: str,
-        spec_digest: str,
-        signature: Sequence[TensorSpec],
-        num_train_samples: int = 0,
-    ) -> tuple[str, Status]:
-        self.check_scenario(scenario)
-        if spec_digest != self.spec_digest:
-            raise Refusal(
-                Reason.SPEC_MISMATCH,
-                "the client built its model from another federation spec; fetch GetConfig "
-                "again (the aggregator may have been restarted with other settings)",
-            )
-        problem = compare_signatures(signature, self.expected)
-        if problem is not None:
-            raise Refusal(Reason.SIGNATURE_MISMATCH, f"model signature differs: {problem}")
-        with self._cond:
-            rec = self.machine.join(scenario, self.clock(), num_train_samples)
-            rec.final_fetched = rec.final_reported = False
-            log.info(
-                "%s joined (session %s, join #%d): %s",
-                scenario, rec.session_id[:8], rec.joins, self.machine.message(self.clock()),
-            )  # fmt: skip
-            self._cond.notify_all()
-            return rec.session_id, self._status(scenario)
-
-    def heartbeat(self, scenario: str, wait: float = 0.0, after_round: int = 0) -> Status:
-        """Liveness; with ``wait`` > 0 a long poll, answered as soon as there is something
-        for this scenario to do: an open round it has not submitted to (or one past
-        ``after_round``), the end of the federation, or a lost registration."""
-        with self._cond:
-            self.machine.touch(scenario, self.clock())
-            if wait > 0 and scenario in self.machine.clients:
-                end = time.monotonic() + min(wait, self.max_poll)
-
-                def moved() -> bool:
-                    m = self.machine
-                    if self._stopping:
-                        return True
-                    if m.phase is Phase.FINISHED or scenario not in m.clients:
-                        return True
-                    return m.phase is Phase.OPEN and (
-                        (scenario not in m.submitted and m.eligible(scenario))
-                        or m.round > after_round
-                    )
-
-                while not moved():
-                    left = end - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(min(left, 1.0))
-                    self.machine.touch(scenario, self.clock())
-            return self._status(scenario)
-
-    def _require_joined(self, scenario: str) -> None:
-        if scenario not in self.machine.clients:
-            raise Refusal(
-                Reason.NOT_JOINED,
-                f"scenario {scenario} has not joined (or the aggregator restarted)",
-            )
-
-    def payload(self, scenario: str, requested_round: int = 0) -> Payload:
-        """The encoded θ^start of ``scenario`` for the open round, or its final payload."""
-        with self._cond:
-            self._require_joined(scenario)
-            m = self.machine
-            m.touch(scenario, self.clock())
-            if m.phase is Phase.FINISHED:
-                final = True
-            elif m.phase is Phase.OPEN:
-                final = False
-                if requested_round not in (0, m.round):
-                    raise Refusal(
-                        Reason.WRONG_ROUND,
-                        f"round {requested_round} is not open; the current round is {m.round}",
-                    )
-            else:
-                raise Refusal(Reason.NOT_OPEN, m.message(self.clock()))
-            key = (scenario, self.strategy.round)
-            encoded = self._payloads.get(key)
-            if encoded is None:
-                encoded = encode(self.strategy.payload(scenario), self.strategy.names)
-                self._payloads[key] = encoded
-            return Payload(m.round, self.strategy.round, final, encoded)
-
-    def record_download(self, scenario: str, payload: Payload, nbytes: int, seconds: float) -> None:
-        self.hooks.bytes_out(scenario, nbytes)
-        with self._cond:
-            rec = self.machine.clients.get(scenario)
-            if rec is not None:
-                rec.bytes_out += nbytes
-                if payload.final:
-                    rec.final_fetched = True
-            if not payload.final and payload.round == self.machine.round:
-                d = self._downloads.setdefault(scenario, {"bytes": 0, "seconds": 0.0, "count": 0})
-                d["bytes"] += nbytes
-                d["seconds"] += seconds
-                d["count"] += 1
-            self._cond.notify_all()
-
-    def begin_submission(
-        self,
-        scenario: str,
-        round_number: int,
-        num_samples: int,
-        metrics: Mapping[str, float],
-        specs: Sequence[TensorSpec],
-        declared_total: int,
-    ) -> UploadTicket:
-        """Check a submission's header before accepting any of its bytes."""
-        check_header(self.expected, specs, declared_total, self.max_payload_bytes, num_samples)
-        clean = finite_metrics(metrics, "metrics")
-        with self._cond:
-            self._check_round_open(scenario, round_number)
-        return UploadTicket(
-            scenario, round_number, num_samples, clean, tuple(specs), declared_total
-        )
-
-    def _check_round_open(self, scenario: str, round_number: int) -> None:
-        m = self.machine
-        self._require_joined(scenario)
-        if m.phase is Phase.FINISHED:
-            raise Refusal(
-                Reason.FINISHED, f"the federation finished after round {m.completed}; "
-                f"round {round_number} takes no more submissions",
-            )  # fmt: skip
-        if m.phase is not Phase.OPEN or round_number != m.round:
-            state = "open" if m.phase is Phase.OPEN else m.phase.value
-            raise Refusal(
-                Reason.WRONG_ROUND,
-                f"round {round_number} is not open for submissions; the current round is "
-                f"{m.round} ({state})",
-            )
-        if not m.eligible(scenario):
-            raise Refusal(
-                Reason.NOT_SAMPLED,
-                f"round {round_number} sampled {', '.join(m.sampled or ())}, not {scenario}; "
-                "download and evaluate, then wait for the next round",
-            )
-
-    def complete_submission(self, ticket: UploadTicket, buffer: Any, nbytes: int) -> SubmitResult:
-        """Validate the received bytes and record the submission (idempotently)."""
-        params, digest = decode_payload(ticket, buffer)
-        seconds = time.perf_counter() - ticket.started
-        with self._cond:
-            self._check_round_open(ticket.scenario, ticket.round)
-            existing = self._pending.get(ticket.scenario)
-            if existing is not None:
-                if existing.digest == digest:
-                    self.machine.touch(ticket.scenario, self.clock())
-                    return SubmitResult(True, digest, self._status(ticket.scenario))
-                raise Refusal(
-                    Reason.CONFLICTING_RESUBMISSION,
-                    f"{ticket.scenario} already submitted different parameters for round "
-                    f"{ticket.round}; a submission cannot be replaced",
-                )
-            self._pending[ticket.scenario] = Submission(
-                ticket.scenario, ticket.round, ticket.num_samples, ticket.metrics, params,
-                digest, nbytes, seconds, self.clock(),
-            )  # fmt: skip
-            self.machine.record_submission(ticket.scenario, digest, self.clock())
-            rec = self.machine.clients[ticket.scenario]
-            rec.bytes_in += nbytes
-            self.hooks.bytes_in(ticket.scenario, nbytes)
-            log.info(
-                "round %d: %s submitted %d samples, %.2f MB in %.2f s (%s)",
-                ticket.round, ticket.scenario, ticket.num_samples, nbytes / 1e6, seconds,
-                self.machine.message(self.clock()),
-            )  # fmt: skip
-            # (test-only; pausing here holds the lock: the round cannot close meanwhile)
-            fault_point("aggregator.submission_recorded", ticket.round)
-            self._cond.notify_all()
-            return SubmitResult(False, digest, self._status(ticket.scenario))
-
-    def report_metrics(
-        self,
-        scenario: str,
-        round_number: int,
-        splits: Mapping[str, Mapping[str, Mapping[str, Any]]],
-        timings: Mapping[str, float],
-        publish_error: str = "",
-    ) -> None:
-        clean_timings = finite_metrics(timings, "timings")
-        clean = clean_evaluation(splits)
-        problem = clean_note(publish_error)
-        with self._cond:
-            # No join needed: the token already proves the scenario, and a client whose
-            # aggregator restarted should not lose the evaluation it just made.
-            if not 1 <= round_number <= self.machine.completed:
-                raise Refusal(
-                    Reason.WRONG_ROUND,
-                    f"round {round_number} has not completed (completed rounds: "
-                    f"{self.machine.completed})",
-                )
-            record = self.history.find(round_number)
-            if record is None:
-                raise Refusal(Reason.UNKNOWN_ROUND, f"no record of round {round_number}")
-            client = record.clients.setdefault(scenario, RoundClient(participated=False))
-            client.eval = clean
-            rec = self.machine.clients.get(scenario)
-            finished = self.machine.phase is Phase.FINISHED
-            if rec is not None and finished and round_number == self.machine.completed:
-                rec.final_reported = True
-            if clean_timings:
-                client.client_timings = {**(client.client_timings or {}), **clean_timings}
-            client.publish_error = problem
-            self.history.write()
-        self.hooks.evaluation_reported(round_number, scenario, clean)
-        valid = clean.get("valid", {})
-        log.info(
-            "round %d: %s evaluated its personalized model: valid AUC %s",
-            round_number, scenario,
-            " ".join(f"{t} {fmt_auc(m.auc)}" for t, m in valid.items()) or "n/a",
-        )  # fmt: skip
-        if problem:
-            log.warning("round %d: %s could not publish its model: %s", round_number,
-                        scenario, problem)  # fmt: skip
-
-    # --------------------------------------------------------------------- controller
-    def wait_for_change(self, timeout: float) -> None:
-        """Sleep until a call changed something (a submission, a join) or ``timeout``:
-        the controller closes a round as soon as its last submission arrived."""
-        with self._cond:
-            self._cond.wait(timeout)
-
-    def tick(self) -> Action:
-        """Advance the state machine once (called by the controller thread). Raises
-        :class:`CloseFailure` when a round could not be closed consistently."""
-        closing: ClosingRound | None = None
-        with self._cond:
-            now = self.clock()
-            action = self.machine.decide(now)
-            if action is Action.OPEN:
-                self._open_round(now)
-            elif action is Action.EXTEND:
-                self.machine.extend(now)
-                log.warning("deadline passed: %s", self.machine.message(now))
-            elif action is Action.CLOSE:
-                closing = self._begin_close(now)
-            elif now - self._last_report >= 15.0 and self.machine.phase is not Phase.FINISHED:
-                self._last_report = now
-                log.info("%s", self.machine.message(now))
-            if action is not Action.NONE:
-                self._cond.notify_all()
-        if closing is not None:
-            try:
-                self._close(closing)
-            except CloseFailure:
-                raise
-            except Exception as exc:
-                raise CloseFailure(
-                    f"closing round {closing.round} failed ({type(exc).__name__}: {exc})"
-                ) from exc
-        return action
-
-    def _open_round(self, now: float) -> None:
-        r = self.machine.open_round(now)
-        self._pending = {}
-        self._downloads = {}
-        self._last_report = now
-        log.info(
-            "round %d/%d open: clients %s, deadline %.0f s",
-            r, self.machine.rules.total_rounds, ", ".join(self.machine.live(now)),
-            self.machine.rules.deadline,
-        )  # fmt: skip
-
-    def _begin_close(self, now: float) -> ClosingRound:
-        m = self.machine
-        participants = m.begin_close()
-        return ClosingRound(
-            round=m.round,
-            submissions=[self._pending[s] for s in participants],
-            opened_at=m.opened_at or now,
-            closed_at=now,
-            closed_by=m.closing_reason,
-            extensions=m.extensions,
-            not_submitted=[s for s in m.joined() if s not in participants and m.eligible(s)],
-            downloads=copy.deepcopy(self._downloads),
-            resumed_after_restart=self._round_resumed,
-            sampled=m.sampled,
-        )
-
-    def _close(self, closing: ClosingRound) -> None:
-        record = self.closer.close(closing, self.history)
-        if record is None:  # aggregation failed; the Strategy is as before: reopen the round
-            with self._cond:
-                self.machine.abort_close(self.clock())
-                self._pending = {}
-                self._downloads = {}
-                self._cond.notify_all()
-            return
-        # open → next open: what one round costs end to end
-        record.timing.wall_seconds = round(self.clock() - closing.opened_at, 6)
-        with self._cond:
-            self._strategy_digest = record.state_checksum
-            self._payloads.clear()
-            self.machine.finish_close(self.clock())
-            self._pending = {}
-            self._downloads = {}
-            self._round_resumed = False
-            self.history.append(record)
-            if self.machine.phase is Phase.OPEN:
-                self._open_round(self.clock())
-            else:
-                log.info("federation finished after %d rounds", self.machine.completed)
-            self._cond.notify_all()
-        self.hooks.round_closed(record)
-        log.info("%s", round_line(record, self.spec.rounds))
-
     @property
     def strategy(self) -> Strategy:
         """The core Strategy (owned by the closer: only closing a round changes it)."""

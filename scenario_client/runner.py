@@ -23,51 +23,36 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from msmtrec import __version__
-from msmtrec.codec import (
-    Assembler,
-    CodecError,
-    Encoded,
-    check_manifest,
-    decode,
-    encode,
-    signature_of,
-)
-from msmtrec.device import device_name
+from msmtrec.codec import encode
 from msmtrec.faults import fault_point
-from msmtrec.federation.client import ClientRuntime
-from msmtrec.spec import FederationSpec
 from msmtrec.training.privacy import PrivacyBudgetExceeded
-from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.refusals import Reason
 from scenario_client.connection import Backoff, ClientError, Connection, Refused
+from scenario_client.evaluation import FATAL_REASONS, Evaluation
+from scenario_client.session import DataError, Session
 from scenario_client.settings import ClientSettings
-from scenario_client.state import LocalState, StateMeta
+from scenario_client.state import LocalState
+from scenario_client.transfers import PendingSubmission, Transfers
+
+__all__ = [
+    "FATAL_REASONS",
+    "LATE_SUBMISSION",
+    "REJOIN",
+    "ROUND_MOVED_ON",
+    "ClientReport",
+    "DataError",
+    "ScenarioClient",
+]
 
 log = logging.getLogger("scenario_client")
 
 
-class DataError(ClientError):
-    """The scenario's own data cannot be read; the message names file, row and column."""
-
-
 # How the client meets each refusal reason it acts on (any other reason ends the run).
-# Retrying cannot help: the client's model, spec or identity is not this federation's.
-FATAL_REASONS = frozenset(
-    {
-        Reason.SPEC_MISMATCH,
-        Reason.SIGNATURE_MISMATCH,
-        Reason.UNKNOWN_SCENARIO,
-        Reason.WRONG_SCENARIO,
-    }
-)
+# FATAL_REASONS (retrying cannot help) is next to the reporting that also meets it.
 # A download for a round that is no longer (or not yet) open: the main loop polls again.
 ROUND_MOVED_ON = frozenset(
     {Reason.WRONG_ROUND, Reason.NOT_OPEN, Reason.NOT_JOINED, Reason.FINISHED}
@@ -82,22 +67,6 @@ REJOIN = Reason.NOT_JOINED
 
 
 @dataclass
-class PendingSubmission:
-    round: int
-    encoded: Encoded
-    num_samples: int
-    metrics: dict[str, float]
-
-
-@dataclass
-class Download:
-    header: pb.DownloadHeader
-    params: dict[str, torch.Tensor]
-    nbytes: int
-    seconds: float
-
-
-@dataclass
 class ClientReport:
     """What a finished client did (returned by :meth:`ScenarioClient.run_federation`)."""
 
@@ -109,11 +78,10 @@ class ClientReport:
     rounds_sat_out: list[int] = field(default_factory=list)  # rounds that did not sample it
 
 
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
+class ScenarioClient(Session, Transfers, Evaluation):
+    """One scenario's client: the round loop (this module) over its parts, the session
+    (``session``), the transfers (``transfers``) and the evaluation (``evaluation``)."""
 
-
-class ScenarioClient:
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
         self.scenario = settings.scenario
@@ -145,262 +113,11 @@ class ScenarioClient:
         self._stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
 
-    # --------------------------------------------------------------------------- setup
-    def _setup(self) -> None:
-        cfg = self.conn.call(
-            "GetConfig",
-            lambda: self.conn.stub.GetConfig(
-                pb.GetConfigRequest(scenario=self.scenario),
-                timeout=self.conn.rpc_timeout,
-                metadata=self.md,
-            ),
-        )
-        if cfg.protocol != wire.PROTOCOL:
-            raise ClientError(f"aggregator speaks {cfg.protocol!r}, this client {wire.PROTOCOL}")
-        spec = FederationSpec.from_json(cfg.spec_json)
-        if spec.digest() != cfg.spec_digest:
-            raise ClientError(
-                "the federation spec digest differs from the aggregator's: the client and "
-                "aggregator run different msmtrec versions"
-            )
-        self.spec = spec
-        self.spec_digest = cfg.spec_digest
-        self.chunk_bytes = int(cfg.chunk_bytes) or (1 << 20)
-        self.max_payload = int(cfg.max_payload_bytes)
-        self.heartbeat_interval = max(0.2, cfg.heartbeat_interval_ms / 1000.0)
-        from msmtrec.data.loader import DataValidationError, load_scenario
-
-        try:
-            splits = load_scenario(
-                self.settings.data, self.scenario, spec.schema, spec.valid_fraction
-            )
-        except (DataValidationError, FileNotFoundError) as exc:
-            raise DataError(f"cannot load this scenario's data: {exc}") from None
-        self.runtime = ClientRuntime(
-            self.scenario, splits, spec.model_config(), spec.federation(), spec.train, spec.seed,
-            privacy=self.settings.privacy(), planned_rounds=spec.rounds,
-            device=self.settings.device, precision=self.settings.precision,
-        )  # fmt: skip
-        self.signature = signature_of(self.runtime.shared_state(), self.runtime.sent_names)
-        # (No optimizer warm-up: the Trainer's fused Adam does not import torch._dynamo.)
-        self.meta = StateMeta(self.scenario, self.spec_digest)
-        restored = self.state.load(self.scenario, self.spec_digest)
-        if restored is not None:
-            tensors, meta = restored
-            self.runtime.load_full_state(tensors)
-            self.meta = meta
-            if self.runtime.privacy is not None:
-                self.runtime.privacy.load_state(meta.privacy)
-            log.info(
-                "%s: resumed local state from %s (trained round %d, evaluated round %d)",
-                self.scenario, self.state.path, meta.trained_round, meta.evaluated_round,
-            )  # fmt: skip
-        log.info(
-            "%s: %d train / %d valid / %d test rows; method %s, preset %s, %d rounds; "
-            "shared parameters %.2f MB; training on %s in %s",
-            self.scenario, len(splits.train), len(splits.valid), len(splits.test), spec.method,
-            spec.preset, spec.rounds, sum(s.nbytes for s in self.signature) / 1e6,
-            device_name(self.runtime.device), self.settings.precision,
-        )  # fmt: skip
-        if self.runtime.privacy is not None:
-            p = self.runtime.privacy.summary()
-            log.info(
-                "%s: differential privacy on: budget ε %s, δ %.3g over %d planned private "
-                "steps (%d rounds); noise multiplier %.4g, clip %g, sample rate %.4g; "
-                "ε spent so far %.3f",
-                self.scenario, p["epsilon_budget"] or "unset (fixed noise)", p["delta"],
-                p["planned_steps"], spec.rounds, p["noise_multiplier"], p["max_grad_norm"],
-                p["sample_rate"], p["epsilon"],
-            )  # fmt: skip
-
-    def _join(self) -> pb.RoundStatus:
-        response = self.conn.call(
-            "Join",
-            lambda: self.conn.stub.Join(
-                pb.JoinRequest(
-                    scenario=self.scenario,
-                    spec_digest=self.spec_digest,
-                    signature=wire.specs_to_proto(self.signature),
-                    num_train_samples=len(self.runtime.splits.train),
-                    client_version=f"msmtrec/{__version__}",
-                ),
-                timeout=self.conn.rpc_timeout,
-                metadata=self.md,
-            ),
-        )
-        self.session = response.session_id
-        log.info("%s: joined (%s)", self.scenario, response.status.message)
-        return response.status
-
-    # ----------------------------------------------------------------------- heartbeats
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.heartbeat_interval):
-            try:
-                self.conn.stub.Heartbeat(
-                    pb.HeartbeatRequest(scenario=self.scenario, session_id=self.session),
-                    timeout=min(self.conn.rpc_timeout, 10.0),
-                    metadata=self.md,
-                )
-            except Exception as exc:  # the main loop deals with an absent aggregator
-                log.debug("heartbeat failed: %s", exc)
-
-    def _poll(self, after_round: int) -> pb.RoundStatus:
-        wait = self.settings.poll_seconds
-        return self.conn.call(
-            "Heartbeat",
-            lambda: self.conn.stub.Heartbeat(
-                pb.HeartbeatRequest(
-                    scenario=self.scenario,
-                    session_id=self.session,
-                    wait_ms=int(wait * 1000),
-                    after_round=after_round,
-                ),
-                timeout=wait + self.conn.rpc_timeout,
-                metadata=self.md,
-            ),
-        )
-
-    # ------------------------------------------------------------------------ transfers
-    def _download(self, round_number: int) -> Download:
-        def attempt() -> Download:
-            start = time.perf_counter()
-            stream = self.conn.stub.Download(
-                pb.DownloadRequest(scenario=self.scenario, round=round_number),
-                timeout=self.conn.transfer_timeout,
-                metadata=self.md,
-            )
-            header = None
-            assembler = None
-            specs: tuple = ()
-            nbytes = 0
-            try:
-                for message in stream:
-                    nbytes += message.ByteSize()
-                    if message.WhichOneof("kind") == "header":
-                        if header is not None:
-                            raise ClientError("the aggregator sent two download headers")
-                        header = message.header
-                        specs = wire.specs_from_proto(header.manifest.tensors)
-                        check_manifest(
-                            specs,
-                            self.signature,
-                            declared_total=header.manifest.total_bytes,
-                            max_bytes=self.max_payload,
-                        )
-                        assembler = Assembler(header.manifest.total_bytes)
-                    elif assembler is None:
-                        raise ClientError("the aggregator sent data before the header")
-                    else:
-                        assembler.feed(message.data)
-                        fault_point("client.download_chunk", assembler.chunks - 1)
-                if header is None or assembler is None:
-                    raise ClientError("the aggregator sent an empty download")
-                params = decode(specs, assembler.finish())
-            except CodecError as exc:
-                raise ClientError(f"the aggregator sent an invalid payload: {exc}") from exc
-            return Download(header, params, nbytes, time.perf_counter() - start)
-
-        return self.conn.call("Download", attempt)
-
-    def _submit(self, pending: PendingSubmission) -> pb.SubmitResponse:
-        def messages() -> Iterator[pb.SubmitChunk]:
-            stream = wire.submit_stream(
-                pending.encoded,
-                self.chunk_bytes,
-                scenario=self.scenario,
-                round_number=pending.round,
-                num_samples=pending.num_samples,
-                metrics=pending.metrics,
-            )
-            for i, message in enumerate(stream):
-                if i:
-                    fault_point("client.upload_chunk", i - 1)
-                yield message
-
-        return self.conn.call(
-            "Submit",
-            lambda: self.conn.stub.Submit(
-                messages(), timeout=self.conn.transfer_timeout, metadata=self.md
-            ),
-        )
-
     # --------------------------------------------------------------------------- rounds
     def _save(self) -> None:
         if self.runtime.privacy is not None:
             self.meta.privacy = self.runtime.privacy.state()
         self.state.save(self.runtime.full_state(), self.meta)
-
-    def _evaluate_and_report(self, completed: int, timings: dict[str, float]) -> None:
-        """Evaluate the personalized model ``completed`` rounds produced; report, save,
-        publish."""
-        start = time.perf_counter()
-        evals = {"valid": self.runtime.evaluate("valid"), "test": self.runtime.evaluate("test")}
-        timings = {**timings, "eval_seconds": time.perf_counter() - start}
-        # Published before reporting, so that the round's record says if publishing failed.
-        publish_error = ""
-        if self.settings.registry is not None:
-            publish_error = self._publish(completed, evals)
-        try:
-            self.conn.call(
-                "ReportMetrics",
-                lambda: self.conn.stub.ReportMetrics(
-                    pb.ReportMetricsRequest(
-                        scenario=self.scenario,
-                        round=completed,
-                        splits=wire.split_metrics_to_proto(evals),
-                        timings=timings,
-                        publish_error=publish_error,
-                    ),
-                    timeout=self.conn.rpc_timeout,
-                    metadata=self.md,
-                ),
-            )
-        except Refused as exc:
-            if exc.reason in FATAL_REASONS or exc.code.name in ("UNAUTHENTICATED",):
-                raise
-            log.warning("%s: metrics of round %d not recorded: %s", self.scenario, completed, exc)
-        # No save here: evaluation changes no tensor, and the next local round saves anyway
-        # (a restarted client merely evaluates that round again). _finish saves.
-        self.meta.evaluated_round = completed
-        self.report.final_metrics = evals
-        log.info(
-            "%s: personalized model after round %d: valid AUC %s | test AUC %s",
-            self.scenario, completed,
-            " ".join(f"{t} {_fmt(m['auc'])}" for t, m in evals["valid"].items()),
-            " ".join(f"{t} {_fmt(m['auc'])}" for t, m in evals["test"].items()),
-        )  # fmt: skip
-
-    def _publish(self, completed: int, evals: dict[str, Any]) -> str:
-        """Publish the personalized model; returns "" or why it failed. A registry that
-        refuses writes (a full disk, a read-only mount) costs this round's version only:
-        the registry keeps serving the previous one (``LATEST`` moves only to a complete
-        version), training goes on, and the next round's publish tries again."""
-        try:
-            from msmtrec.registry import ModelRegistry
-        except ModuleNotFoundError as exc:
-            raise ClientError(
-                "--registry needs msmtrec.registry, which this installation lacks"
-            ) from exc
-        try:
-            version = ModelRegistry(self.settings.registry).publish(
-                self.scenario,
-                self.runtime,
-                round=completed,
-                metrics=evals,
-                extra={"preset": self.spec.preset, "method": self.spec.method},
-                policy=self.settings.publish_policy,
-            )
-        except OSError as exc:
-            self.report.publish_failures.append(completed)
-            problem = f"{type(exc).__name__}: {exc.strerror or exc}"
-            log.error(
-                "%s: could not publish the model of round %d to %s (%s); the registry keeps "
-                "serving its previous version, training goes on and the next round tries "
-                "again", self.scenario, completed, self.settings.registry, problem,
-            )  # fmt: skip
-            return problem
-        log.info("%s: published %s to %s", self.scenario, version, self.settings.registry)
-        return ""
 
     def _play_round(self, round_number: int) -> None:
         total = self.spec.rounds
