@@ -18,7 +18,7 @@ from servicekit.settings import ServiceSettings
 
 
 class GatewaySettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="MSMTREC_GATEWAY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MSMTREC_GATEWAY_", extra="forbid")
     section: ClassVar[str] = "gateway"
 
     registry: Path = Field(description="model registry root directory")

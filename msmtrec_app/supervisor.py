@@ -50,8 +50,12 @@ class ServiceProcess:
         role: str = "service",
         own_session: bool = False,
         die_with_parent: bool = False,
+        unset_env: Sequence[str] = (),
     ) -> None:
         self.name = name
+        # variables removed from the child's environment (case-insensitively, as settings
+        # read them): ``up`` drops those that would override its config file
+        self.unset_env = tuple(unset_env)
         self.role = role  # e.g. aggregator | client | gateway: the stop order of `up`
         self.args = list(args)
         self.log_path = Path(log_path)
@@ -64,7 +68,9 @@ class ServiceProcess:
 
     def start(self, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        drop = {k.upper() for k in self.unset_env}
+        inherited = {k: v for k, v in os.environ.items() if k.upper() not in drop}
+        full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 msmtrec_command(*self.args),

@@ -124,6 +124,15 @@ def load_settings(
         _FILE_VALUES.reset(token)
 
 
+def settings_from_file(cls: type[S], config_file: Path) -> S:
+    """The settings a config file describes, its values winning over the environment: what
+    a service started with ``--config FILE`` reads when its environment sets none of the
+    file's keys (``msmtrec up`` removes those from its children's). Used to validate a file
+    before any process is started; errors name the field."""
+    check_environment(cls)
+    return cls(**read_config_file(config_file, cls.section))
+
+
 # ----------------------------------------------------------------------------- CLI flags
 def _unwrap_optional(annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
@@ -171,7 +180,9 @@ def add_service_arguments(parser: argparse.ArgumentParser, cls: type[ServiceSett
         "--config",
         type=Path,
         default=os.environ.get(env),
-        help=f"YAML/TOML/JSON settings file (default: none; env {env})",
+        help=f"YAML/TOML/JSON settings file, keys named as the settings below (default: none; "
+        f"env {env}). A flag given on the command line overrides the file's value, and so "
+        "does an environment variable: flag > env > file > default",
     )
     add_settings_arguments(parser, cls)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,12 +232,11 @@ def test_up_passes_the_device_to_clients_and_the_gateway(tmp_path):
     ep = Endpoints("127.0.0.1", {"grpc": 1, "status": 2, "gateway": 3})
     secrets = {"tokens": tmp_path / "t", "NL": tmp_path / "nl"}
     children = build_children(args, ep, tmp_path, tmp_path / "data", ["NL"], secrets)
-    by_role = {c.role: c.args for c in children}
-    client = by_role["client"]
-    assert client[client.index("--device") + 1] == "auto"
-    assert client[client.index("--precision") + 1] == "bf16"
-    gateway = by_role["gateway"]
-    assert gateway[gateway.index("--device") + 1] == "cpu"
+    # each child reads its settings from the config file up wrote (--config FILE)
+    files = {c.role: json.loads(Path(c.args[c.args.index("--config") + 1]).read_text())
+             for c in children}  # fmt: skip
+    assert (files["client"]["device"], files["client"]["precision"]) == ("auto", "bf16")
+    assert files["gateway"]["device"] == "cpu"
 
 
 def test_service_settings_read_the_device_from_the_environment(monkeypatch):

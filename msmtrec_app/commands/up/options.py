@@ -79,6 +79,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(default: fresh random dev tokens in RUN_DIR/secrets)",
     )
     p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="prepare data and secrets, write every child's config file (RUN_DIR/config, "
+        "each validated with that service's settings model) and print the command lines; "
+        "start nothing",
+    )
+    p.add_argument(
         "--exit-after-training",
         action="store_true",
         help="stop everything and exit 0 once the example predictions are printed",

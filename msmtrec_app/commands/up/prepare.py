@@ -17,7 +17,7 @@ from msmtrec_app.commands.deploy import DEFAULT_SCENARIOS
 from msmtrec_app.commands.up.common import UpError, say
 
 EXAMPLE_ROWS = 3
-FRESH_EACH_RUN = ("aggregator", "clients", "registry", "logs", "examples")
+FRESH_EACH_RUN = ("aggregator", "clients", "registry", "logs", "examples", "config")
 
 
 def prepare_dirs(run_dir: Path) -> None:

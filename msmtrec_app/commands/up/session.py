@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from msmtrec.experiment import ExperimentSettings
 from msmtrec_app.cli import check_device_available
 from msmtrec_app.commands.up.children import (
     build_children,
@@ -79,6 +80,7 @@ class Up(Training, Serving):
     data_dir: Path | None = None
     predictions: dict[str, Any] = field(default_factory=dict)
     stopped: bool = False
+    experiment: ExperimentSettings | None = None
     progress_lines: Progress | None = None
     _rounds_polled: float = 0.0
 
@@ -119,14 +121,16 @@ class Up(Training, Serving):
 
     # ---- setup
     def prepare(self) -> None:
-        """Data and secrets; then the children's command lines."""
+        """Data and secrets; then the children's config files (each validated with the
+        child's settings model before anything starts) and command lines."""
         self.scenarios, self.data_dir = prepare_data(self.args, self.run_dir)
         self.progress_lines = Progress(self.scenarios)
         secrets = prepare_secrets(self.args, self.run_dir, self.scenarios)
         assert self.endpoints is not None
         self.children = build_children(
-            self.args, self.endpoints, self.run_dir, self.data_dir, self.scenarios, secrets
-        )
+            self.args, self.endpoints, self.run_dir, self.data_dir, self.scenarios, secrets,
+            self.experiment,
+        )  # fmt: skip
 
     def start_children(self) -> None:
         env = {"OMP_NUM_THREADS": str(self.args.threads)}
@@ -216,10 +220,14 @@ def run(args: argparse.Namespace) -> int:
     from msmtrec_app.commands.simulate import experiment_from_args, privacy_from_args
 
     # the experiment as the one settings model (msmtrec.experiment): a bad value or --dp-*
-    # combination stops here, naming the field, before any process starts
-    experiment_from_args(args)
-    privacy_from_args(args)
-    up = Up(args, args.run_dir)
+    # combination stops here, naming the field, before anything is written or started
+    try:
+        experiment = experiment_from_args(args)
+        privacy_from_args(args)
+    except SystemExit as exc:
+        say(f"msmtrec up: {str(exc.code).removeprefix('error: ')}")
+        return EXIT_USAGE
+    up = Up(args, args.run_dir, experiment=experiment)
 
     def on_signal(signum: int, _frame: object) -> None:
         raise Interrupted(signal.Signals(signum).name)
@@ -235,6 +243,12 @@ def run(args: argparse.Namespace) -> int:
         for note in notes:
             say(f"note: {note}")
         up.prepare()
+        if args.dry_run:
+            up.set_phase("dry-run")
+            for child in up.children:
+                say(f"{child.name}: msmtrec {' '.join(child.args)}")
+            say("--dry-run: config files written and valid; nothing started")
+            return 0
         up.write_state()
         up.start_children()
         up.write_state()
@@ -268,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
         for s in previous:
             signal.signal(s, signal.SIG_IGN)
         try:
-            if up.phase != "failed":
+            if up.phase not in ("failed", "dry-run"):
                 up.phase = "stopping"
             up.shutdown()
             if up.phase == "stopping":
