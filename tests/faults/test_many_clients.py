@@ -45,8 +45,6 @@ def test_sixty_four_client_processes_close_every_round_with_all_of_them(make_run
             raise AssertionError(f"aggregator exited {agg.poll()}:\n{agg.tail()}")
         assert time.monotonic() < deadline, f"timed out:\n{run.processes.logs()}"
         time.sleep(2.0)
-    failed = {c.name: c.wait(0) for c in clients if c.wait(0) != 0}
-    assert not failed, f"clients failed: {failed}\n{run.processes.logs()}"
     assert agg.wait(120) == 0, agg.tail()
     elapsed = time.monotonic() - started
     history = run.assert_recovered()
@@ -54,3 +52,9 @@ def test_sixty_four_client_processes_close_every_round_with_all_of_them(make_run
     for r in history:
         assert sorted(r["participants"]) == names, (r["round"], len(r["participants"]))
     print(f"\n{CLIENTS} client processes × {ROUNDS} rounds in {elapsed:.0f} s")
+    # Last, so that a failure here says the federation itself was fine: the first run
+    # (2026-12-05) had one client of 64 abort after "federation finished" with "terminate
+    # called without an active exception" (exit -6) — its heartbeat thread outlived
+    # ScenarioClient.close()'s 2 s join on a machine at load 70.
+    failed = {c.name: (c.wait(0), c.tail(3)) for c in clients if c.wait(0) != 0}
+    assert not failed, f"clients exited non-zero after the federation finished: {failed}"
