@@ -47,7 +47,7 @@ import torch
 
 from msmtrec.data.schema import ALIEXPRESS
 from msmtrec.federation import blocks
-from msmtrec.federation import strategy as strategy_module
+from msmtrec.federation import experts as experts_module
 from msmtrec.federation.config import resolve_method
 from msmtrec.federation.strategy import ClientUpdate, Strategy
 from msmtrec.model import build_model, preset
@@ -109,7 +109,7 @@ class PhaseClock:
         for cls in (blocks.ExactGram, blocks.SketchedGram):
             self._wrap(cls, "add", "gram")
             self._wrap(cls, "result", "gram")
-        self._wrap(strategy_module, "conflict_averse_plan", "qp")
+        self._wrap(experts_module, "conflict_averse_plan", "qp")
 
     def take(self) -> tuple[float, float]:
         out = (self.gram, self.qp)

@@ -167,9 +167,9 @@ def test_sketched_path_stays_close_to_the_exact_one(monkeypatch):
     0.6-0.9 % at 16384 columns, 4-6 % at 2048) and every output within 5e-4 of it (deltas of
     scale 0.01; measured ≤ 2.2e-4). The paper preset folds 1.25 M columns per expert into
     65536."""
-    import msmtrec.federation.strategy as st
+    import msmtrec.federation.experts as ex
 
-    monkeypatch.setattr(st, "SKETCH_COLUMNS", WIDTH)
+    monkeypatch.setattr(ex, "SKETCH_COLUMNS", WIDTH)
     exact, sketched = _strategy(ca_scale="exact"), _strategy()
     ids = [f"S{i}" for i in range(12)]
     for r in range(3):
