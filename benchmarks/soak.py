@@ -34,6 +34,9 @@ from typing import Any
 import _common as C
 
 sys.path.insert(0, str(C.REPO / "tests"))
+# The repository before this script's own directory: benchmarks/gateway.py would otherwise
+# shadow the gateway package that tests/gateway_support.py imports.
+sys.path.insert(0, str(C.REPO))
 
 import httpx
 from gateway_support import fixture_instances

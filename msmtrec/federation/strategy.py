@@ -20,16 +20,25 @@ takes part in: the server's output θ_c^new is that round's θ_c^start, so
 diff_c = θ_c^new − θ_c^end = −Δ_c, and because θ^new is linear in the weight,
 ∂/∂a_{c,k} = ⟨g_k, diff_c⟩ and ∂/∂b_{c,l} = Σ_{tensors of l} ⟨attn_c D, diff_c⟩.
 
-Cost (benchmarks/aggregation.py, issue #6): the clients' deltas of the large tensors are
-never materialized all at once. They are formed block by block of columns (every client's
-slice of the same columns, a C × b block), and each block serves, in batched operations over
-clients, the sample-weighted mean (FedAvg), the conflict-averse Gram matrix A_k = G_k G_kᵀ,
-the hyper-gradient of a and, in a second pass once w*_k is known, mean(Δ) and G w*. Working
-memory is O(C·b + P) instead of O(C·P). Everything is linear in the number of clients
-except the Gram matrix (O(C²P) flops): it is the one float32 product in the server, summed
-over at most :data:`GRAM_COLUMNS` columns per matmul and accumulated in float64 across them
-(relative error ~1e-7, the precision of the float32 deltas themselves), which halves its
-cost against a float64 matmul; means, FedAvg and G w* stay float64.
+Where each job lives: this module holds the state, the round's bookkeeping, FedAvg and the
+towers; :mod:`~msmtrec.federation.experts` the personalized experts and their conflict
+coordination; :mod:`~msmtrec.federation.hypergrad` the hyper-gradient and the step on a, b;
+:mod:`~msmtrec.federation.blocks` the column blocks and Gram matrices;
+:mod:`~msmtrec.federation.simplex_qp` the QP solver for many clients.
+
+Cost (benchmarks/aggregation.py, issues #6 and 16): the clients' deltas of the large
+tensors are never materialized all at once. They are formed block by block of columns
+(every client's slice of the same columns, a C × b block), and each block serves, in
+batched operations over clients, the sample-weighted mean (FedAvg), the conflict-averse
+Gram matrix A_k = G_k G_kᵀ, the hyper-gradient of a and, in a second pass once w*_k is
+known, mean(Δ) and G w*. Working memory is O(C·b + P) instead of O(C·P); what the server
+keeps per client (its personalized θ, its last delta) is written over in place. Everything
+is linear in the number of clients except the exact Gram matrix (O(C²P)) and SLSQP (O(C³)
+per iteration), which above 8 clients give way to a sketched Gram matrix and a first-order
+solver (``ca_scale``; config.py). The Gram matrix is the one float32 product in the server,
+summed over at most GRAM_COLUMNS columns per matmul and accumulated in float64 across them
+(relative error ~1e-7, the precision of the float32 deltas themselves); means, FedAvg and
+G w* stay float64.
 """
 
 from __future__ import annotations
@@ -39,22 +48,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from msmtrec.federation.blocks import (
-    SKETCH_COLUMNS,
     DeltaBlocks,
-    ExactGram,
-    SketchedGram,
     block_columns,
     column_blocks,
-    sketch_signs,
 )
-from msmtrec.federation.config import CA_EXACT_MAX_CLIENTS, FederationConfig
-from msmtrec.federation.conflict import conflict_averse_plan, coordinate, rescale_divisor
+from msmtrec.federation.config import FederationConfig
+from msmtrec.federation.experts import ExpertAggregation
 from msmtrec.federation.groups import ParameterGroups, Policy
-from msmtrec.federation.hypergrad import Scratch, combine, part_products
+from msmtrec.federation.hypergrad import HyperGradients, Scratch, tower_layer
 
 Tensors = dict[str, torch.Tensor]
 
@@ -83,12 +87,7 @@ def all_finite(t: torch.Tensor) -> bool:
     return math.isfinite(float(lo)) and math.isfinite(float(hi))
 
 
-def tower_layer(name: str) -> str:
-    """'towers.ctr.layers.0.linear.weight' → 'towers.ctr.layers.0.linear'."""
-    return name.rsplit(".", 1)[0]
-
-
-class Strategy:
+class Strategy(ExpertAggregation, HyperGradients):
     """Server state and aggregation of one federation (any method; see module docstring)."""
 
     def __init__(self, config: FederationConfig, initial: Mapping[str, torch.Tensor]) -> None:
@@ -306,70 +305,6 @@ class Strategy:
             out.append(v)
         return out
 
-    def sketched(self, clients: int) -> bool:
-        """Whether a round of ``clients`` builds its conflict-averse step from sketched Gram
-        matrices and the first-order simplex solver (``ca_scale``; config.py)."""
-        mode = self.config.ca_scale
-        return mode == "sketch" or (mode == "auto" and clients > CA_EXACT_MAX_CLIENTS)
-
-    def _sketch_signs(self) -> torch.Tensor:
-        """±1 per column of one expert's concatenated W_S tensors (built once)."""
-        if self._signs is None:
-            length = sum(self.initial[n][0].numel() for n in self.expert_names)
-            self._signs = sketch_signs(length)
-        return self._signs
-
-    def _expert_statistics(
-        self,
-        ids: list[str],
-        starts: dict[str, Tensors],
-        ends: dict[str, Tensors],
-        with_grad_a: bool,
-    ) -> tuple[dict[int, tuple[np.ndarray, float | None]], torch.Tensor | None]:
-        """First pass over the expert deltas: the Gram matrix A_k = G_k G_kᵀ of every expert
-        (the conflict-averse QP needs nothing else; sketched for many clients, with its exact
-        mean) and, if asked, ∂L/∂a_{c,k} = −⟨g_k, Δ_c⟩ against last round's coordinated
-        update (for every client of this round; only the ones that were also in the last
-        round use it). Expert by expert, so one sketch is alive at a time; the sums of each
-        A_k and each ∂L/∂a_{·,k} run in the same order as name by name."""
-        clients = len(ids)
-        sketch = (
-            self.sketched(clients)
-            and sum(self.initial[n][0].numel() for n in self.expert_names) > SKETCH_COLUMNS
-        )
-        grams: dict[int, tuple[np.ndarray, float | None]] = {}
-        grad_a = torch.zeros(clients, self.num_experts, dtype=torch.float64)
-        blocks: DeltaBlocks | None = None
-        for k in range(self.num_experts):
-            acc: ExactGram | SketchedGram = (
-                SketchedGram(clients, self._sketch_signs(), SKETCH_COLUMNS)
-                if sketch
-                else ExactGram(clients)
-            )
-            for n in self.expert_names:
-                previous = self.last_expert_update.get(n) if with_grad_a else None
-                numel = self.initial[n][0].numel()
-                blocks = DeltaBlocks.reuse(blocks, clients, self.initial[n].dtype)
-                e, s = self._flat(ids, ends, n, k), self._flat(ids, starts, n, k)
-                prev = previous[k].reshape(-1) if previous is not None else None
-                for lo, hi in column_blocks(numel, clients):
-                    d = blocks.block_narrow(e, s, lo, hi)
-                    acc.add(d)
-                    if prev is not None:
-                        grad_a[:, k] -= blocks.widen(d) @ prev[lo:hi].double()
-            gram, mean_a = acc.result()
-            grams[k] = (gram.numpy(), mean_a)
-        return grams, (grad_a if with_grad_a else None)
-
-    def _grad_a_reference(
-        self, ids: list[str], starts: dict[str, Tensors], ends: dict[str, Tensors]
-    ) -> torch.Tensor:
-        grad = torch.zeros(len(ids), self.num_experts, dtype=torch.float64)
-        for i, c in enumerate(ids):
-            delta = {n: ends[c][n] - starts[c][n] for n in self.expert_names}
-            grad[i] = torch.tensor(self._grad_a(delta), dtype=torch.float64)
-        return grad
-
     def _fedavg(
         self, updates: Sequence[ClientUpdate], starts: dict[str, Tensors], ends: dict[str, Tensors]
     ) -> Tensors:
@@ -394,137 +329,6 @@ class Strategy:
                 flat_out[lo:hi].copy_(a)
             out[n] = flat_out.view_as(current)
         return out
-
-    def _coordinated_ca(
-        self,
-        ids: list[str],
-        starts: dict[str, Tensors],
-        ends: dict[str, Tensors],
-        grams: dict[int, tuple[np.ndarray, float | None]],
-    ) -> Tensors:
-        """Second pass: g_k = (mean(Δ) + c_k/‖G_k w*_k‖ · G_k w*_k) / divisor per expert, from
-        each expert's Gram matrix (conflict_averse_update's formula, laid out like the
-        tensors)."""
-        cfg = self.config
-        clients = len(ids)
-        solver = "fista" if self.sketched(clients) else "slsqp"
-        plans = {
-            k: conflict_averse_plan(gram, cfg.ca_alpha, mean_a=mean_a, solver=solver)
-            for k, (gram, mean_a) in grams.items()
-        }
-        # Rows [1/C, …] (the mean) and, where coordination applies, w*_k (G w*): one matmul
-        # over each block gives both.
-        rows = {
-            k: torch.stack(
-                [torch.full((clients,), 1.0 / clients, dtype=torch.float64)]
-                + ([torch.from_numpy(p[1])] if p[1] is not None else [])
-            )
-            for k, p in plans.items()
-        }
-        means: Tensors = {}
-        mixed: Tensors = {}
-        norm_sq = [0.0] * self.num_experts
-        blocks: DeltaBlocks | None = None
-        for n in self.expert_names:
-            ref = self.initial[n]
-            numel = ref[0].numel()
-            both = torch.empty(self.num_experts, 2, numel, dtype=torch.float64)
-            blocks = DeltaBlocks.reuse(blocks, clients, ref.dtype)
-            for k in range(self.num_experts):
-                e, s = self._flat(ids, ends, n, k), self._flat(ids, starts, n, k)
-                r = rows[k]
-                for lo, hi in column_blocks(numel, clients):
-                    d = blocks.block(e, s, lo, hi)
-                    torch.mm(r, d, out=both[k, : len(r), lo:hi])
-                if len(r) > 1:
-                    norm_sq[k] += float(both[k, 1] @ both[k, 1])
-            means[n], mixed[n] = both[:, 0], both[:, 1]
-        divisor = rescale_divisor(cfg.ca_alpha, cfg.ca_rescale)
-        mixing = torch.full((self.num_experts, clients), 1.0 / clients, dtype=torch.float64)
-        for k, (c, w_star) in plans.items():
-            if w_star is not None:
-                mixing[k] += c / (math.sqrt(norm_sq[k]) + 1e-16) * torch.from_numpy(w_star)
-        self._expert_mixing = mixing / divisor
-        self._ca_plans = {
-            k: (float(c), None if w is None else [float(x) for x in w])
-            for k, (c, w) in plans.items()
-        }
-        update: Tensors = {}
-        for n in self.expert_names:
-            g = means[n]
-            for k, (c, w_star) in plans.items():
-                if w_star is None:
-                    continue
-                scale = c / (math.sqrt(norm_sq[k]) + 1e-16)
-                g[k] += scale * mixed[n][k]
-                if divisor != 1.0:
-                    g[k] /= divisor
-            update[n] = g.to(self.initial[n].dtype).reshape(self.initial[n].shape)
-        return update
-
-    def _coordinated_reference(
-        self, ids: list[str], starts: dict[str, Tensors], ends: dict[str, Tensors]
-    ) -> Tensors:
-        """Every other coordination mode: stack each expert's full deltas and call
-        :func:`coordinate` (memory O(C·P_k); these modes are ablations)."""
-        cfg = self.config
-        update: Tensors = {n: torch.zeros_like(self.initial[n]) for n in self.expert_names}
-        # g is a fixed mixture of the deltas only without coordination (PCGrad's projections
-        # depend on the deltas themselves).
-        self._expert_mixing = (
-            torch.full((self.num_experts, len(ids)), 1.0 / len(ids), dtype=torch.float64)
-            if cfg.conflict == "none"
-            else None
-        )
-        self._ca_plans = {}
-        for k in range(self.num_experts):
-            stacked = torch.stack(
-                [
-                    torch.cat([(ends[c][n][k] - starts[c][n][k]).reshape(-1)
-                               for n in self.expert_names])
-                    for c in ids
-                ]
-            )  # fmt: skip
-            g = coordinate(stacked, cfg.conflict, cfg.ca_alpha, cfg.ca_rescale)
-            offset = 0
-            for n in self.expert_names:
-                size = update[n][k].numel()
-                update[n][k] = g[offset : offset + size].view_as(update[n][k])
-                offset += size
-        return update
-
-    def _personal_experts(
-        self,
-        ids: list[str],
-        starts: dict[str, Tensors],
-        ends: dict[str, Tensors],
-        grams: dict[int, tuple[np.ndarray, float | None]],
-        new: dict[str, Tensors],
-    ) -> Tensors:
-        if not self.expert_names:
-            return {}
-        cfg = self.config
-        if cfg.conflict == "ca":
-            update = self._coordinated_ca(ids, starts, ends, grams)
-        else:
-            update = self._coordinated_reference(ids, starts, ends)
-        for c in ids:
-            a = self.effective_a(c) if cfg.personalize else [cfg.init_weight] * self.num_experts
-            scale = torch.tensor(a, dtype=torch.float32)
-            mine = self.personal.get(c, {})
-            for n in self.expert_names:
-                shape = (-1,) + (1,) * (update[n].dim() - 1)
-                # θ_end + a_c·g in one pass, written over the client's previous θ^start when
-                # the server owns one (every pass that reads it is done): fresh memory for a
-                # 36 MB tensor costs more in page faults than the arithmetic itself
-                old = mine.get(n)
-                out = old if old is not None and old is not self.initial[n] else None
-                direction = update[n]
-                if cfg.personal_form == "interp":  # θ_start + (1 − a)Δ_c + a·g
-                    # Δ_c is last_delta[c][n] (stored this round, the same float32 values)
-                    direction = self._scratch.diff("direction", update[n], self.last_delta[c][n])
-                new[c][n] = torch.addcmul(ends[c][n], scale.view(shape), direction, out=out)
-        return update
 
     def _attention(self, d: torch.Tensor) -> torch.Tensor:
         """Row-stochastic (C, C) attention over the clients' deltas ``d`` (C, dim).
@@ -561,99 +365,6 @@ class Strategy:
                 direction = attention[c][n] - deltas[c][n] if interp else attention[c][n]
                 new[c][n] = new[c][n] + weight * direction
         return attention
-
-    def hyper_gradients(
-        self, client_id: str, delta: Tensors
-    ) -> tuple[list[float], dict[str, float]]:
-        """∂L/∂â_{c,k} and ∂L/∂b̂_{c,l} at last round's output, with diff_c = −Δ_c."""
-        return self._grad_a(delta), self._grad_b(client_id, delta)
-
-    def _grad_a(self, delta: Mapping[str, torch.Tensor]) -> list[float]:
-        grad_a = [0.0] * self.num_experts
-        for n in self.expert_names:
-            g = self.last_expert_update.get(n)
-            if g is None:
-                continue
-            for k in range(self.num_experts):
-                grad_a[k] -= float((g[k].double() * delta[n][k].double()).sum())
-        return grad_a
-
-    def _grad_b(self, client_id: str, delta: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        grad_b = {layer: 0.0 for layer in self.tower_layers}
-        mixed = self.last_attention.get(client_id, {})
-        for n in self.tower_names:
-            if n in mixed:
-                grad_b[tower_layer(n)] -= float((mixed[n].double() * delta[n].double()).sum())
-        return grad_b
-
-    def _hyper_gradients_general(
-        self,
-        ids: list[str],
-        starts: dict[str, Tensors],
-        ends: dict[str, Tensors],
-        tower_deltas: dict[str, Tensors],
-    ) -> tuple[torch.Tensor, list[dict[str, float]]]:
-        """∂L/∂a and ∂L/∂b for the non-default forms, client by client.
-
-        θ^new is linear in the weight with direction u = g (``add``) or u = g − Δ_c^prev
-        (``interp``); with diff_c = −Δ_c^now the gradient is −⟨u, Δ_c^now⟩, and with
-        ``hyper_grad="cosine"`` it is divided by ‖u‖·‖Δ_c^now‖: the sign of the raw
-        gradient with a scale-free size, so one learning rate fits every layer and model."""
-        cfg = self.config
-        interp, cosine = cfg.personal_form == "interp", cfg.hyper_grad == "cosine"
-        grads_a = torch.zeros(len(ids), self.num_experts, dtype=torch.float64)
-        grads_b: list[dict[str, float]] = []
-        scratch = self._scratch
-        for i, c in enumerate(ids):
-            if c not in self.last_participants:
-                grads_b.append({layer: 0.0 for layer in self.tower_layers})
-                continue
-            prev = self.last_delta.get(c, {}) if interp else {}
-            for k in range(self.num_experts):
-                parts = []
-                for n in self.expert_names:
-                    g = self.last_expert_update.get(n)
-                    if g is None:
-                        continue
-                    u = scratch.diff("u", g[k], prev[n][k]) if n in prev else g[k]
-                    v = scratch.diff("v", ends[c][n][k], starts[c][n][k])
-                    parts.append(part_products(u, v, cosine, scratch))
-                grads_a[i, k] = combine(parts, cosine) if parts else 0.0
-            mixed = self.last_attention.get(c, {})
-            by_layer: dict[str, list[tuple[float, float, float]]] = {}
-            for n in self.tower_names:
-                if n in mixed:
-                    u = scratch.diff("u", mixed[n], prev[n]) if n in prev else mixed[n]
-                    products = part_products(u, tower_deltas[c][n], cosine, scratch)
-                    by_layer.setdefault(tower_layer(n), []).append(products)
-            grads_b.append(
-                {layer: combine(by_layer[layer], cosine) if layer in by_layer else 0.0
-                 for layer in self.tower_layers}
-            )  # fmt: skip
-        return grads_a, grads_b
-
-    def _hyper_step(
-        self, ids: list[str], grads_a: torch.Tensor, grads_b: Sequence[Mapping[str, float]]
-    ) -> None:
-        """One SGD step (momentum, weight decay) on a and b for the clients that were also in
-        the previous round (only they received the output being judged). ``grads_a`` holds
-        ∂L/∂a (clients in ``ids`` order × experts), ``grads_b`` ∂L/∂b per client and layer."""
-        cfg = self.config
-        for i, c in enumerate(ids):
-            if c not in self.last_participants:
-                continue
-            grad_a = [float(v) for v in grads_a[i]]
-            grad_b = grads_b[i]
-            a, ma = self._weights_a(c), self.a_momentum[c]
-            for k in range(self.num_experts):
-                step = grad_a[k] + cfg.hyper_weight_decay * a[k]
-                ma[k] = cfg.hyper_momentum * ma[k] + step
-                a[k] -= cfg.hyper_lr * ma[k]
-            b, mb = self._weights_b(c), self.b_momentum[c]
-            for layer in self.tower_layers:
-                step = grad_b[layer] + cfg.hyper_weight_decay * b[layer]
-                mb[layer] = cfg.hyper_momentum * mb[layer] + step
-                b[layer] -= cfg.hyper_lr * mb[layer]
 
     # -------------------------------------------------------------------------------- state
     def state_dict(self) -> tuple[Tensors, dict[str, Any]]:

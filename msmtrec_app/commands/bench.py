@@ -25,7 +25,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "training": ("training.py", "local training samples/s: Trainer vs a plain PyTorch loop"),
     "codec": ("codec.py", "encode + validate + decode MB/s vs numpy.save and a bytes copy"),
     "round": ("round_overhead.py", "4 clients over loopback: transfer + aggregation vs training"),
-    "aggregation": ("aggregation.py", "Strategy.aggregate time for 4/16/64 clients, exponent"),
+    "aggregation": ("aggregation.py", "Strategy.aggregate time, peak RSS per size, exponent"),
     "loading": ("data_loading.py", "1 M rows from CSV/Parquet: rows/s and peak memory vs pandas"),
     "gateway": ("gateway.py", "prediction latency/throughput over HTTP vs the bare forward"),
 }

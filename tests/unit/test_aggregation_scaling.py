@@ -116,15 +116,16 @@ def test_first_order_solver_reaches_the_slsqp_optimum(kind, clients):
     assert _objective(gram, c, w) <= _objective(gram, c, reference) + 1e-8 * scale
 
 
-def test_first_order_solver_is_fast_at_256_clients():
-    """SLSQP took 3.6 s per expert here; the first-order solver's work is O(C²) per step."""
-    import time
-
-    gram, c = _problem(0, 256, "agree")
-    t = time.process_time()
-    w = simplex_qp_weights(gram, c)
-    assert frank_wolfe_gap(gram, c, w) <= 1e-8 * float(np.mean(np.diag(gram)))
-    assert time.process_time() - t < 2.0  # a generous bound: it takes ~5 ms
+def test_first_order_solver_certifies_its_optimum_at_256_clients():
+    """Where SLSQP is too slow to compare against (3.6 s per expert here; the first-order
+    solver's time is in benchmarks/aggregation.py): feasible, and the Frank-Wolfe gap — an
+    upper bound on f(w) − f* for this convex f — within the tolerance, for every kind."""
+    for kind in ("agree", "conflict", "orthogonal"):
+        gram, c = _problem(0, 256, kind)
+        w = simplex_qp_weights(gram, c)
+        assert w.min() >= 0 and w.sum() == pytest.approx(1.0, abs=1e-12)
+        assert frank_wolfe_gap(gram, c, w) <= 1e-8 * float(np.mean(np.diag(gram)))
+        assert _objective(gram, c, w) <= _objective(gram, c, np.full(256, 1 / 256))
 
 
 def test_projection_onto_the_simplex():
@@ -167,9 +168,9 @@ def test_sketched_path_stays_close_to_the_exact_one(monkeypatch):
     0.6-0.9 % at 16384 columns, 4-6 % at 2048) and every output within 5e-4 of it (deltas of
     scale 0.01; measured ≤ 2.2e-4). The paper preset folds 1.25 M columns per expert into
     65536."""
-    import msmtrec.federation.strategy as st
+    import msmtrec.federation.experts as ex
 
-    monkeypatch.setattr(st, "SKETCH_COLUMNS", WIDTH)
+    monkeypatch.setattr(ex, "SKETCH_COLUMNS", WIDTH)
     exact, sketched = _strategy(ca_scale="exact"), _strategy()
     ids = [f"S{i}" for i in range(12)]
     for r in range(3):
