@@ -420,7 +420,9 @@ def run_validate(args: argparse.Namespace) -> int:
         print(f"tasks: {', '.join(spec.tasks)} (the table shows the first two label rates)")
     try:
         names = (
-            _split_names(args.scenario) if args.scenario else tuple(list_scenarios(args.data_dir))
+            _split_names(args.scenario)
+            if args.scenario
+            else tuple(list_scenarios(args.data_dir, spec))
         )
         if not names:
             raise FileNotFoundError(f"no scenario with a train file under {args.data_dir}")
