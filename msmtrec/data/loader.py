@@ -809,7 +809,9 @@ def write_split(
 ) -> None:
     """Write one split in processed column order (id, categoricals, numericals, labels), as
     CSV or Parquet by suffix. Written to a temporary file and renamed, so a reader never sees
-    half a file. ``search_ids`` default to 0..n-1."""
+    half a file. ``search_ids`` default to 0..n-1. It writes the arrays as loaded: for a
+    hashed table these are bucket numbers, which loading would hash again, so files of
+    hashed specs come from their preparers (raw ids), not from here."""
     path = Path(path)
     kind = _format_of(path)
     n = len(data)
