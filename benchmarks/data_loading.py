@@ -25,7 +25,8 @@ Fresh processes then measure (1) one epoch of the stream alone (``msmtrec.data.s
 batches of 512 through the shuffle buffer, no model) over the first N rows for each N of
 ``--read-rows``: peak memory must not grow with N; (2) one training epoch
 (``Trainer.fit`` on the stream, small preset) over ``--train-rows`` rows: peak RSS target
-≤ 2 GB, the whole process (``ru_maxrss``, imports and model included); (3) on the first
+≤ 2 GB, the whole process (VmHWM, imports and model included; ``ru_maxrss`` would include
+the parent's peak, which Linux keeps across vfork + exec); (3) on the first
 ``--compare-rows`` rows (a scenario that fits in memory), one training epoch in memory
 (``load_split`` once, not timed, then ``Trainer.fit``) against one streamed epoch (reading
 timed), alternated ``--repeats`` times: target stream ≥ 0.9 × in-memory rows/s.
@@ -36,6 +37,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -112,11 +114,36 @@ def stream_file(rows: int, path: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _progress_stream() -> type:
+    """A ParquetStream that reports (rows, seconds, peak RSS) on stderr every 5 % of its rows,
+    so an epoch stopped by ``--train-timeout`` still gives its figures so far."""
+    from msmtrec.data.stream import ParquetStream
+
+    class Progress(ParquetStream):
+        def batches(self, batch_size, *, seed, epoch=0):  # type: ignore[no-untyped-def]
+            step = max(10_000, len(self) // 20)
+            t0, done, mark = time.perf_counter(), 0, step
+            for b in super().batches(batch_size, seed=seed, epoch=epoch):
+                yield b
+                done += len(b)
+                if done >= mark:
+                    mark += step
+                    peak = C.peak_rss_bytes()
+                    line = {"progress": done, "seconds": time.perf_counter() - t0, "peak": peak}
+                    print(json.dumps(line), file=sys.stderr, flush=True)
+
+    return Progress
+
+
+def _last_progress(stderr: str | bytes | None) -> dict | None:
+    text = stderr.decode() if isinstance(stderr, bytes) else (stderr or "")
+    lines = [x for x in text.splitlines() if x.startswith('{"progress"')]
+    return json.loads(lines[-1]) if lines else None
+
+
 def stream_child(kind: str, path: Path, rows: int, buffer_rows: int) -> dict:
     """One measurement in a fresh interpreter: ``read`` (the stream alone), ``stream`` or
-    ``memory`` (one training epoch). Peak = ru_maxrss of the whole process."""
-    import resource
-
+    ``memory`` (one training epoch). Peak = the whole process's resident high-water mark."""
     import torch
 
     from msmtrec.data.schema import ALIEXPRESS
@@ -124,7 +151,12 @@ def stream_child(kind: str, path: Path, rows: int, buffer_rows: int) -> dict:
     from msmtrec.model import build_model, preset
     from msmtrec.training import TrainConfig, Trainer
 
+    _Progress = _progress_stream()
     gc.collect()
+    # ru_maxrss would start at the parent's peak (Linux keeps it across vfork + exec), so the
+    # high-water mark is reset here: the peak counts everything resident from now on,
+    # the imports, torch and the model included.
+    C.reset_peak_rss()
     before = C.rss_bytes()
     load_seconds = 0.0
     if kind == "read":
@@ -140,13 +172,13 @@ def stream_child(kind: str, path: Path, rows: int, buffer_rows: int) -> dict:
             data = load_rows(path, ALIEXPRESS, stop=rows)
             load_seconds = time.perf_counter() - t0
         else:
-            data = ParquetStream(path, ALIEXPRESS, buffer_rows=buffer_rows, stop=rows)
+            data = _Progress(path, ALIEXPRESS, buffer_rows=buffer_rows, stop=rows)
         t0 = time.perf_counter()
         result = trainer.fit(data, seed=0, epochs=1)
         seconds = time.perf_counter() - t0
         seen = len(data)
         assert result.num_samples == seen and torch.isfinite(torch.tensor(result.loss))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = C.peak_rss_bytes()
     return {"kind": kind, "rows": seen, "seconds": seconds, "peak": peak, "before": before,
             "load_seconds": load_seconds}  # fmt: skip
 
@@ -161,12 +193,12 @@ def run_stream(args: argparse.Namespace, argv: list[str] | None) -> int:
     script = Path(__file__)
     timeout = 4 * 3600.0
 
-    def child(kind: str, n: int) -> dict:
+    def child(kind: str, n: int, limit: float = timeout) -> dict:
         res = C.run_child(
             script,
             ["--stream-child", kind, str(path), str(n), str(args.buffer_rows),
              "--threads", str(args.threads)],
-            timeout=timeout,
+            timeout=limit,
         )  # fmt: skip
         print(f"  {kind} {n:,} rows: {res['seconds']:.1f} s, {n / res['seconds']:,.0f} rows/s, "
               f"peak RSS {res['peak'] / 2**20:,.0f} MiB", flush=True)  # fmt: skip
@@ -180,8 +212,10 @@ def run_stream(args: argparse.Namespace, argv: list[str] | None) -> int:
             f"One Parquet file of {rows:,} random AliExpress-schema rows (zstd, row groups of "
             f"65,536; {size / 1e9:.2f} GB, generated in {made:.0f} s in a temporary directory); "
             f"shuffle buffer {args.buffer_rows:,} rows, batches of 512; every figure from a "
-            "fresh process; peak = the process's ru_maxrss (imports, torch and the model "
-            "included); MiB = 2^20 bytes.",
+            "fresh process; peak = the process's resident high-water mark (VmHWM, reset when "
+            "the process starts measuring: imports, torch and the model included; ru_maxrss "
+            "is not used because Linux carries the parent's peak into a child across "
+            "vfork + exec); MiB = 2^20 bytes.",
             "",
         )
         table = []
@@ -191,9 +225,19 @@ def run_stream(args: argparse.Namespace, argv: list[str] | None) -> int:
                           f"{r['seconds']:.1f} s", f"{r['peak'] / 2**20:,.0f}", ""))  # fmt: skip
         if args.train_rows:
             n = args.train_rows
-            r = child("stream", n)
+            try:
+                r = child("stream", n, args.train_timeout)
+                label, done = "training epoch, streamed", n
+            except subprocess.TimeoutExpired as exc:
+                r = _last_progress(exc.stderr)
+                if r is None:
+                    raise
+                done = r["progress"]
+                label = (f"training epoch, streamed: STOPPED by --train-timeout after "
+                         f"{done:,} of {n:,} rows")  # fmt: skip
+                print(f"  stream {n:,} rows: stopped at {done:,} rows", flush=True)
             ok = "met" if r["peak"] <= STREAM_TARGET_RSS else "MISSED"
-            table.append(("training epoch, streamed", f"{n:,}", f"{n / r['seconds']:,.0f}",
+            table.append((label, f"{done:,}", f"{done / r['seconds']:,.0f}",
                           f"{r['seconds']:.0f} s", f"{r['peak'] / 2**20:,.0f}", ok))  # fmt: skip
         report.add("**Memory while rows grow** (target: peak RSS ≤ 2 GB = 1,907 MiB):", "")
         report.table(("path", "rows", "rows/s", "epoch time", "peak RSS MiB", "≤ 2 GB"), table)
@@ -271,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="--stream: rows of in-memory vs streamed (0: skip)")  # fmt: skip
     p.add_argument("--buffer-rows", type=int, default=262_144, help="--stream: shuffle buffer")
     p.add_argument("--tmp-dir", type=Path, default=None, help="--stream: where the file goes")
+    p.add_argument("--train-timeout", type=float, default=4 * 3600.0,
+                   help="--stream: stop the training epoch after this many seconds and report "
+                   "the rows done so far")  # fmt: skip
     p.add_argument("--stream-child", nargs=4, help=argparse.SUPPRESS)
     C.add_common_flags(p)
     args = p.parse_args(argv)
