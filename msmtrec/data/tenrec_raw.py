@@ -287,11 +287,12 @@ def find_tenrec_files(raw_dir: Path) -> dict[str, Path]:
     """{scenario: raw file} of the Tenrec files present (``.csv``, ``.csv.gz`` or ``.zip``)."""
     found = {}
     for stem in RAW_FILES:
-        for ext in (".csv", ".csv.gz", ".zip"):
-            p = raw_dir / f"{stem}{ext}"
-            if p.is_file():
-                found[stem] = p
-                break
+        # the official release spells one file "QB-artilce.csv"
+        stems = (stem, "QB-artilce") if stem == "QB-article" else (stem,)
+        hits = [raw_dir / f"{s}{e}" for s in stems for e in (".csv", ".csv.gz", ".zip")]
+        hit = next((p for p in hits if p.is_file()), None)
+        if hit is not None:
+            found[stem] = hit
     return found
 
 

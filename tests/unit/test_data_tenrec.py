@@ -78,8 +78,8 @@ def test_split_depends_on_the_seed_only(tmp_path: Path) -> None:
 def test_max_rows_scenarios_and_articles(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     write(raw / "QK-video.csv", RAW_HEADER, video_rows())
-    # an article file without any category column: skipped with the reason
-    write(raw / "QB-article.csv", ["user_id", "item_id", "click", "like", "gender", "age"],
+    # an article file without any category column (spelled as upstream): skipped, with why
+    write(raw / "QB-artilce.csv", ["user_id", "item_id", "click", "like", "gender", "age"],
           [["1", "2", "1", "0", "1", "3"]])  # fmt: skip
     # one with category_first: used in place of video_category
     header = ["user_id", "item_id", "click", "read", "like", "category_first", "gender", "age"]
