@@ -1,5 +1,6 @@
-"""Data: feature schema, AliExpress loader and raw preparer, synthetic generators and their
-data families, oracle side files."""
+"""Data: feature schema and dataset specs, the spec-driven loader and its out-of-core stream,
+raw AliExpress and Tenrec preparers, synthetic generators and their data families, oracle
+side files."""
 
 from msmtrec._lazy import lazy_exports
 
@@ -15,6 +16,11 @@ _EXPORTS = {
     "ALIEXPRESS": "msmtrec.data.schema",
     "FeatureSchema": "msmtrec.data.schema",
     "aliexpress_schema": "msmtrec.data.schema",
+    "ParquetStream": "msmtrec.data.stream",
+    "load_spec": "msmtrec.data.spec_file",
+    "prepare_tenrec": "msmtrec.data.tenrec_raw",
+    "TenrecSynthConfig": "msmtrec.data.synth_tenrec",
+    "synthesize_tenrec": "msmtrec.data.synth_tenrec",
     "SynthConfig": "msmtrec.data.synth",
     "generate": "msmtrec.data.synth",
     "synthesize": "msmtrec.data.synth",

@@ -38,7 +38,7 @@ from msmtrec.data.loader import (
 )
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
 
-__all__ = ["DEFAULT_BUFFER_ROWS", "ParquetStream", "load_rows"]
+__all__ = ["DEFAULT_BUFFER_ROWS", "ParquetStream", "load_rows", "stream_scenario"]
 
 DEFAULT_BUFFER_ROWS = 262_144  # ~75 MB of AliExpress rows (286 bytes each)
 _STREAM_KEY = zlib.crc32(b"msmtrec.data.stream")
@@ -181,3 +181,33 @@ def load_rows(
             np.empty((0, schema.num_tasks), np.uint8),
         )
     return parts[0] if len(parts) == 1 else ScenarioData.concat(parts)
+
+
+def stream_scenario(
+    data_dir: Path | str,
+    scenario: str,
+    schema: FeatureSchema = ALIEXPRESS,
+    valid_fraction: float = 0.1,
+    *,
+    buffer_rows: int = DEFAULT_BUFFER_ROWS,
+) -> tuple[ParquetStream, ScenarioData, ScenarioData]:
+    """(train stream, valid, test) of one scenario, split as :func:`load_scenario` splits it:
+    valid is the newest ``valid_fraction`` of ``train.parquet`` (held in memory, like test);
+    the stream covers the rows before it. Memory: valid + test + the stream's buffer."""
+    from msmtrec.data.loader import find_split_file, load_split
+
+    scenario_dir = Path(data_dir) / scenario
+    train_file, test_file = (find_split_file(scenario_dir, s) for s in ("train", "test"))
+    if train_file is None or test_file is None:
+        raise FileNotFoundError(
+            f"scenario '{scenario}': streaming needs train.parquet and test.parquet in "
+            f"{scenario_dir}"
+        )
+    if not 0.0 < valid_fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {valid_fraction}")
+    n = len(ParquetStream(train_file, schema))
+    if n < 2:
+        raise DataValidationError(train_file, "needs at least 2 rows to hold out validation")
+    cut = n - max(1, round(n * valid_fraction))  # the rule of ScenarioData.split_tail
+    train = ParquetStream(train_file, schema, buffer_rows=buffer_rows, stop=cut)
+    return train, load_rows(train_file, schema, start=cut), load_split(test_file, schema)

@@ -209,3 +209,17 @@ def test_training_benchmark_rows_flag():
     for bad in (["tiny=5"], ["paper=x"], ["1"]):
         with pytest.raises(SystemExit, match="--rows"):
             training.parse_rows(bad, quick=False)
+
+
+def test_data_loading_stream_quick_run(tmp_path):
+    """The out-of-core mode (issue 12): its own section, both tables, its temp file removed."""
+    out = tmp_path / "performance.md"
+    script = str(REPO / "benchmarks" / "data_loading.py")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = _run([script, "--stream", "--quick", "--out", str(out), "--tmp-dir", str(work)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("## Out-of-core training data (issue 12) — ")
+    assert "peak RSS MiB" in text and "÷ in-memory" in text
+    assert not any(work.iterdir())  # the generated file went with its temporary directory

@@ -163,3 +163,43 @@ def test_chains(tmp_path: Path) -> None:
     assert label_chains(two_free) == ()
     path = write_csv(tmp_path / "free.csv", [["0", "0", "1"]], ["x", "click", "f"])
     assert load_split(path, two_free).labels.tolist() == [[0, 1]]  # no chain: f > click ok
+
+
+COLUMN_SPEC_DICT = {
+    "name": "bycol",
+    "scenarios": {"source": "column", "column": "market"},
+    "categorical": [{"name": "gender", "vocab_size": 3}],
+    "numerical": [{"name": "raw"}],
+    "tasks": [{"name": "click", "label": "click"}],
+}
+COLUMN_SPEC = parse_spec(COLUMN_SPEC_DICT)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_scenarios_from_a_column(tmp_path: Path, suffix: str) -> None:
+    from msmtrec.data.loader import list_scenarios, load_scenario
+
+    markets = ["NL", "ES", "NL", "NL", "ES", "NL", "ES", "NL", "NL", "ES"]
+    frame = {"market": markets, "gender": list(range(3)) * 3 + [0],
+             "raw": [float(i) for i in range(10)], "click": [i % 2 for i in range(10)]}  # fmt: skip
+    for split in ("train", "test"):
+        path = tmp_path / f"{split}{suffix}"
+        if suffix == ".csv":
+            rows = [[str(frame[k][i]) for k in frame] for i in range(10)]
+            write_csv(path, rows, list(frame))
+        else:
+            pq.write_table(pa.table(frame), path)
+    assert list_scenarios(tmp_path, COLUMN_SPEC) == ["ES", "NL"]
+    nl = load_scenario(tmp_path, "NL", COLUMN_SPEC)
+    rows_nl = [i for i, m in enumerate(markets) if m == "NL"]  # file order kept
+    full = np.concatenate([nl.train.numerical, nl.valid.numerical])[:, 0]
+    assert full.tolist() == [float(i) for i in rows_nl]
+    assert nl.test.labels[:, 0].tolist() == [i % 2 for i in rows_nl]
+    with pytest.raises(DataValidationError, match=rf"train{suffix}, column 'market': no row"):
+        load_scenario(tmp_path, "FR", COLUMN_SPEC)
+    other = parse_spec({**COLUMN_SPEC_DICT, "scenarios": {"source": "column", "column": "cc"}})
+    with pytest.raises(DataValidationError, match=r"column 'cc': missing the scenario column"):
+        list_scenarios(tmp_path, other)
+    (tmp_path / f"test{suffix}").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no test\.csv or test\.parquet"):
+        load_scenario(tmp_path, "NL", COLUMN_SPEC)

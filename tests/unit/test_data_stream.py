@@ -151,3 +151,22 @@ def test_trainer_fits_from_a_stream(tmp_path: Path, small_splits) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)  # deterministic by seed
     assert not all(torch.equal(a[k], c[k]) for k in a)
     assert auc > 0.7  # it learns, as the in-memory path does (test_trainer)
+
+
+def test_stream_scenario_splits_like_load_scenario(tmp_path: Path) -> None:
+    from msmtrec.data.loader import load_scenario
+    from msmtrec.data.stream import stream_scenario
+
+    (tmp_path / "S").mkdir()
+    write_file(tmp_path / "S" / "train.parquet")
+    write_file(tmp_path / "S" / "test.parquet", n=100)
+    splits = load_scenario(tmp_path, "S", SPEC)
+    train, valid, test = stream_scenario(tmp_path, "S", SPEC, buffer_rows=64)
+    assert len(train) == len(splits.train)
+    got = np.sort(rids(list(train.batches(32, seed=0))))
+    np.testing.assert_array_equal(got, splits.train.numerical[:, 0].astype(np.int64))
+    np.testing.assert_array_equal(valid.categorical, splits.valid.categorical)
+    np.testing.assert_array_equal(test.labels, splits.test.labels)
+    (tmp_path / "S" / "test.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match=r"needs train\.parquet and test\.parquet"):
+        stream_scenario(tmp_path, "S", SPEC)
