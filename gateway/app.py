@@ -118,8 +118,20 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 def predict_openapi(schema: FeatureSchema, max_batch: int) -> dict[str, Any]:
     """OpenAPI for the predict route. The body is parsed by hand on the hot path (no pydantic
     model per instance), so its schema is declared here, from the feature schema."""
-    props: dict[str, Any] = {c: {"type": "integer", "minimum": 0} for c in schema.categorical}
-    props.update({c: {"type": "number"} for c in schema.numerical})
+    props: dict[str, Any] = {}
+    for c in schema.categorical:
+        table = schema.table_of(c)
+        props[c] = {
+            "type": "integer",
+            "minimum": 0,
+            "description": f"raw id, hashed into table {table.name!r} ({table.size} buckets)"
+            if table.hashed
+            else f"id below {table.size} (larger ids: the out-of-vocabulary row)",
+        }
+    for c, norm in zip(schema.numerical, schema.normalization, strict=True):
+        props[c] = {"type": "number"}
+        if norm != "none":
+            props[c]["description"] = f"raw value; the gateway applies {norm} normalization"
     instance = {"type": "object", "properties": props, "required": list(props)}
     example = {c: 0 for c in schema.categorical} | {c: 0.0 for c in schema.numerical}
     body = {

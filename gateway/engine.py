@@ -35,12 +35,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msmtrec.model.inputs import chain_logits, table_key
 from msmtrec.model.mmoe import MultiTaskMMoE, _logit_of_product
 
 log = logging.getLogger("msmtrec.gateway")
 
 # Probabilities of the compiled and the eager model must agree to this on the check batch.
 CHECK_ATOL = 1e-5
+# A feature's table is folded into the first layer when (rows × first-layer outputs) is at
+# most this many floats (64 MiB); larger id tables are looked up and multiplied per request.
+FOLD_MAX_FLOATS = 1 << 24
+
+
+def _table_weight(model: nn.Module, name: str) -> torch.Tensor:
+    """The weight of a table that has a module of its own (msmtrec.model.inputs)."""
+    key = table_key(name)
+    for attr in ("private_tables", "embedding_tables"):
+        tables = getattr(model, attr, None)
+        if tables is not None and key in tables:
+            return tables[key].weight
+    raise KeyError(f"the model has no module for embedding table {name!r}")
 
 
 def _bn_affine(norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +85,7 @@ class CompiledMMoE:
         self.tasks = tuple(model.tasks)
         self.tower_names = tuple(model.tower_names)
         self.esmm = cfg.ctcvr_head == "esmm"
+        self.parents = tuple(getattr(model, "task_parents", (None,) * len(self.tasks)))
         self.num_experts = experts.num_experts
         self.num_views = experts.num_views
         kv = self.num_experts * self.num_views
@@ -93,14 +108,7 @@ class CompiledMMoE:
             b_all = torch.cat([b0, *gate_b])
             self.hidden0 = kv * out0
             # -- embedding folding: one table row per (field, id), offsets as in the model
-            emb = model.embedding.weight.double()
-            offsets = [*model.offsets.tolist(), emb.shape[0]]
-            tables = []
-            for f in range(n_cat):
-                rows = emb[offsets[f] : offsets[f + 1]]  # (size_f, d)
-                tables.append(rows @ w_all[:, f * d : (f + 1) * d].T)
-            self.table = torch.cat(tables).float().contiguous()  # (Σ sizes, N)
-            self.offsets = model.offsets.clone().long()
+            self._fold_embeddings(model, w_all, d)
             w_numblock = w_all[:, n_cat * d :]  # (N, d)
             num_w = model.numerical.weight.double()  # (d, F_num)
             num_b = model.numerical.bias.double()
@@ -135,13 +143,51 @@ class CompiledMMoE:
                 )
                 self.towers.append((blocks, head))
 
+    def _fold_embeddings(self, model: MultiTaskMMoE, w_all: torch.Tensor, d: int) -> None:
+        """Fold each feature's table into the first layer's rows (``table``), except tables
+        whose folded form would exceed :data:`FOLD_MAX_FLOATS` (ids with millions of
+        values): those stay as embeddings, looked up and multiplied per request
+        (``unfolded``). The template's E_S is added to the tables it covers."""
+        schema = model.schema
+        n_out = w_all.shape[0]
+        dense = model.embedding.weight.double()
+        if getattr(model, "embedding_s", None) is not None:
+            dense = dense + model.embedding_s.weight.double()
+        layout = getattr(model, "input_layout", None)
+        default = schema.has_default_tables or layout is None
+        starts = model.offsets.tolist()
+        tables, fold_offsets, fold_cols, position = [], [], [], 0
+        self.unfolded: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        for f in range(schema.num_categorical):
+            size = schema.table_sizes[f]
+            w_f = w_all[:, f * d : (f + 1) * d]  # (N, d)
+            t = schema.feature_tables[f]
+            if default or t in layout.dense_tables:
+                weight, start = dense, starts[f]
+            else:
+                weight, start = _table_weight(model, schema.tables[t].name), 0
+            if default or size * n_out <= FOLD_MAX_FLOATS:
+                tables.append(weight[start : start + size].double() @ w_f.T)
+                fold_offsets.append(position)
+                fold_cols.append(f)
+                position += size
+            else:  # float32 view of the table itself: no copy of millions of rows
+                self.unfolded.append((f, weight.detach(), w_f.T.float().contiguous()))
+        self.all_folded = not self.unfolded
+        self.table = (
+            torch.cat(tables).float().contiguous() if tables else torch.zeros(1, n_out)
+        )  # (Σ folded sizes, N)
+        self.offsets = torch.tensor(fold_offsets, dtype=torch.long)
+        self.fold_cols = torch.tensor(fold_cols, dtype=torch.long)
+
     def to(self, device: torch.device | str) -> CompiledMMoE:
         """A copy whose folded tensors live on ``device`` (this one is left as it is)."""
         device = torch.device(device)
         out = copy.copy(self)
         out.device = device
-        for name in ("table", "offsets", "num_weight_t", "bias0"):
+        for name in ("table", "offsets", "fold_cols", "num_weight_t", "bias0"):
             setattr(out, name, getattr(self, name).to(device))
+        out.unfolded = [(f, w.to(device), wt.to(device)) for f, w, wt in self.unfolded]
         out.deep = [(w.to(device), b.to(device), n) for w, b, n in self.deep]
 
         def move(layer: _Layer) -> _Layer:
@@ -153,7 +199,14 @@ class CompiledMMoE:
     def logits(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
         batch = numerical.shape[0]
         pre = torch.addmm(self.bias0, numerical, self.num_weight_t)
-        pre += F.embedding_bag(categorical + self.offsets, self.table, mode="sum")
+        if self.all_folded:
+            pre += F.embedding_bag(categorical + self.offsets, self.table, mode="sum")
+        else:
+            if len(self.fold_cols):
+                folded = categorical[:, self.fold_cols] + self.offsets
+                pre += F.embedding_bag(folded, self.table, mode="sum")
+            for f, weight, w_t in self.unfolded:
+                pre.addmm_(F.embedding(categorical[:, f], weight), w_t)
         h = pre[:, : self.hidden0].relu_()  # (B, KV·out0), in place: no new 3 MB buffer
         gate_logits = pre[:, self.hidden0 :]
         kv = self.num_experts * self.num_views
@@ -172,6 +225,8 @@ class CompiledMMoE:
             outs.append(torch.addmm(head.bias, z, head.weight_t).squeeze(-1))
         if self.esmm:
             return torch.stack((outs[0], _logit_of_product(outs[0], outs[1])), dim=1)
+        if any(p is not None for p in self.parents):
+            return torch.stack(chain_logits(outs, self.parents), dim=1)
         return torch.stack(outs, dim=1)
 
     def __call__(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,9 @@ the instances to name the first bad instance and field, e.g.
 Rules: every schema feature must be present (extra keys such as ``search_id`` or labels are
 ignored); numbers must be JSON numbers (not strings, booleans or null); categorical ids must
 be non-negative integers below 2**63 (``3.0`` is accepted as 3); ids at or above the
-vocabulary size map to the out-of-vocabulary slot and are counted; numericals must be finite
-in float32.
+vocabulary size map to the out-of-vocabulary slot and are counted, except ids of a *hashed*
+table, which are hashed into it (``msmtrec.data.hashing``, as the loader does); numericals
+must be finite in float32 and get the schema's normalization (``log1p``, ``standard``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from msmtrec.data.hashing import hash_ids
 from msmtrec.data.schema import FeatureSchema
 
 _NUMBER_TYPES = frozenset((int, float))
@@ -63,6 +65,15 @@ class FeaturePlan:
         self.getter = itemgetter(*self.columns)
         self.vocab = np.asarray(schema.vocab_sizes, dtype=np.float64)
         self.vocab_int = np.asarray(schema.vocab_sizes, dtype=np.int64)
+        # features of hashed tables: raw ids of any size, hashed into the table exactly as
+        # the loader hashes them (msmtrec.data.hashing), so training and serving agree
+        self.hashed = tuple(
+            j for j, t in enumerate(schema.feature_tables) if schema.tables[t].hashed
+        )
+        self.hashed_getter = (
+            itemgetter(*(schema.categorical[j] for j in self.hashed)) if self.hashed else None
+        )
+        self.normalized = any(n != "none" for n in schema.normalization)
 
     def parse(self, body: Any, max_batch: int) -> Batch:
         """Validate a decoded JSON body ``{"instances": [...]}`` into model arrays."""
@@ -101,12 +112,49 @@ class FeaturePlan:
             num = values[:, f:].astype(np.float32)
         if not np.isfinite(num).all():
             self._explain(instances)
+        if self.normalized:
+            num = self._normalize(num, instances)
+        if self.hashed:
+            return self._hash(instances, cat, num)
         over = cat >= self.vocab
         oov = None
         if over.any():
             oov = over.sum(axis=0)
             cat = np.minimum(cat, self.vocab)
         return Batch(cat.astype(np.int64), num, oov)
+
+    def _hash(self, instances: list, cat: np.ndarray, num: np.ndarray) -> Batch:
+        """Hashed features from the exact integers (float64 would round ids above 2**53),
+        the others clamped to their out-of-vocabulary slot as usual."""
+        assert self.hashed_getter is not None
+        raw = [self.hashed_getter(inst) for inst in instances]
+        exact = np.array([[int(v) for v in (r if len(self.hashed) > 1 else (r,))] for r in raw])
+        over = cat >= self.vocab
+        over[:, list(self.hashed)] = False
+        oov = over.sum(axis=0) if over.any() else None
+        out = np.minimum(cat, self.vocab).astype(np.int64)
+        for k, j in enumerate(self.hashed):
+            out[:, j] = hash_ids(exact[:, k].astype(np.int64), int(self.vocab_int[j]))
+        return Batch(out, num, oov)
+
+    def _normalize(self, num: np.ndarray, instances: list) -> np.ndarray:
+        """The schema's normalization, as the loader applies it at training time."""
+        out = num.copy()
+        s = self.schema
+        for j, (norm, stats) in enumerate(zip(s.normalization, s.numerical_stats, strict=True)):
+            if norm == "log1p":
+                low = out[:, j] <= -1.0
+                if low.any():
+                    i, name = int(np.argmax(low)), s.numerical[j]
+                    raise InstanceError(
+                        f"instances[{i}].{name}",
+                        f"log1p normalization needs values > -1, got {_show(instances[i][name])}",
+                    )
+                out[:, j] = np.log1p(out[:, j])
+            elif norm == "standard":
+                mean, std = stats or (0.0, 1.0)
+                out[:, j] = (out[:, j].astype(np.float64) - mean) / std
+        return out
 
     def _explain(self, instances: list) -> None:
         """The slow pass: raise for the first bad instance and field, in column order."""

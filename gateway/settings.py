@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from msmtrec.data.schema import ALIEXPRESS, FeatureSchema
@@ -49,8 +49,13 @@ class GatewaySettings(ServiceSettings):
         description=f"where the engine runs: {DEVICE_HELP}. cpu by default: the compiled "
         "engine meets its latency targets on two cores; a GPU pays off for large batches",
     )
+    spec: str | None = Field(
+        None,
+        description="dataset spec to serve: a built-in name (aliexpress, tenrec) or a "
+        "TOML/YAML spec file (default: aliexpress); request keys are its feature names",
+    )
     schema_file: Path | None = Field(
-        None, description="JSON feature schema to serve (default: the AliExpress schema)"
+        None, description="JSON feature schema to serve (as a model's metadata records it)"
     )
     rate_limit_per_second: float = Field(
         0.0,
@@ -75,7 +80,17 @@ class GatewaySettings(ServiceSettings):
     def body_limit(self) -> int:
         return self.max_body_bytes or (64 << 10) + self.max_batch * (8 << 10)
 
+    @model_validator(mode="after")
+    def _one_schema(self) -> GatewaySettings:
+        if self.spec is not None and self.schema_file is not None:
+            raise ValueError("give spec or schema_file, not both")
+        return self
+
     def feature_schema(self) -> FeatureSchema:
+        if self.spec is not None:
+            from msmtrec.data.spec_file import load_spec
+
+            return load_spec(self.spec)
         if self.schema_file is None:
             return ALIEXPRESS
         return FeatureSchema.from_dict(json.loads(self.schema_file.read_text()))
