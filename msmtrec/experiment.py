@@ -264,16 +264,6 @@ PROTOCOL_FIELDS = tuple(ProtocolSettings.model_fields)
 class ExperimentSettings(ProtocolSettings, PrivacySettings):
     """Protocol and privacy: the whole experiment, as ``simulate`` and ``up`` take it."""
 
-    def protocol(self) -> ProtocolSettings:
-        return ProtocolSettings.model_validate(
-            {k: v for k, v in self.model_dump(exclude_unset=True).items() if k in PROTOCOL_FIELDS}
-        )
-
-    def privacy_settings(self) -> PrivacySettings:
-        return PrivacySettings.model_validate(
-            {k: v for k, v in self.model_dump(exclude_unset=True).items() if k in PRIVACY_FIELDS}
-        )
-
 
 def train_config(settings: ProtocolSettings) -> TrainConfig:
     """The one mapping of the local-training knobs to :class:`TrainConfig`."""
