@@ -3,6 +3,7 @@
     python benchmarks/aggregation.py                       # paper preset, 4 8 16 32 64 clients
     python benchmarks/aggregation.py --clients 4 16 64 256 --rounds 3
     python benchmarks/aggregation.py --ca-scale exact      # the exact conflict-averse step
+    python benchmarks/aggregation.py --accuracy 12         # sketched vs exact g, 12 clients
 
 Every size runs in its own fresh process (``--child``), one after the other, so its peak
 resident memory (VmHWM) is its own: the inputs, the server state and the aggregation's
@@ -75,6 +76,43 @@ def make_updates(strategy: Strategy, clients: int, round_number: int) -> list[Cl
             params[n] = noise
         out.append(ClientUpdate(cid, 1000 + 10 * c, params))
     return out
+
+
+def conflicting_updates(strategy: Strategy, clients: int, round_number: int) -> list[ClientUpdate]:
+    """θ_end = θ_start + 1e-3·(s_c·shared + own noise) with s_c ∈ {−1, 0, 1} by client: a
+    direction some clients follow, some oppose, so the conflict-averse weights matter."""
+    out = []
+    g = torch.Generator().manual_seed(round_number)
+    for c in range(clients):
+        cid = f"C{c:03d}"
+        start = strategy.payload(cid)
+        params = {}
+        for n, t in start.items():
+            shared = torch.randn(t.shape, generator=torch.Generator().manual_seed(7 + round_number))
+            params[n] = t + NOISE * (shared * (c % 3 - 1) + torch.randn(t.shape, generator=g))
+        out.append(ClientUpdate(cid, 100 + c, params))
+    return out
+
+
+def accuracy(args: argparse.Namespace) -> int:
+    """``--accuracy C``: the sketched step against the exact one, same updates, 2 rounds."""
+    C.pin_threads(args.threads)
+    init = initial_state(args.preset)
+    exact = Strategy(resolve_method("pfmsmtrec", ca_scale="exact"), init)
+    sketch = Strategy(resolve_method("pfmsmtrec", ca_scale="sketch"), init)
+    print(
+        f"sketched vs exact conflict-averse update g, {args.preset} preset, {args.accuracy} "
+        "clients (relative norm of the difference, per W_S tensor):"
+    )
+    for r in range(2):
+        exact.aggregate(conflicting_updates(exact, args.accuracy, r))
+        sketch.aggregate(conflicting_updates(sketch, args.accuracy, r))
+        rel = []
+        for n in exact.expert_names:
+            ge = exact.last_expert_update[n].double()
+            rel.append(float((ge - sketch.last_expert_update[n].double()).norm() / ge.norm()))
+        print(f"  round {r + 1}: " + ", ".join(f"{x:.2%}" for x in rel), flush=True)
+    return 0
 
 
 def fit_exponent(xs: list[int], ys: list[float]) -> float:
@@ -201,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="cProfile one aggregate (largest C)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per size")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--accuracy",
+        type=int,
+        default=None,
+        metavar="C",
+        help="compare the sketched step with the exact one at C clients; no timing",
+    )
     C.add_common_flags(p, threads=1)
     args = p.parse_args(argv)
     if args.quick:
@@ -208,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child is not None:
         print(json.dumps(child(args)))
         return 0
+    if args.accuracy is not None:
+        return accuracy(args)
     threads = C.pin_threads(args.threads)
     report = C.Report("Aggregation scaling (benchmark 4)", "aggregation.py", argv, threads)
     probe = Strategy(

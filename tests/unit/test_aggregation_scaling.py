@@ -183,3 +183,19 @@ def test_sketched_path_stays_close_to_the_exact_one(monkeypatch):
         for c in ids:
             for n in a[c]:
                 torch.testing.assert_close(b[c][n], a[c][n], rtol=0, atol=5e-4)
+
+
+def test_last_deltas_are_written_in_place_and_equal_end_minus_start():
+    """The interp form keeps each client's last delta; a round writes it over the previous
+    one (no C × P fresh memory per round) and it is exactly θ_end − θ_start."""
+    s = _strategy()
+    ids = [f"S{i}" for i in range(3)]
+    s.aggregate(_updates(s, ids, 0))
+    held = {c: {n: t.data_ptr() for n, t in s.last_delta[c].items()} for c in ids}
+    ups = _updates(s, ids, 1)
+    starts = {u.client_id: {n: t.clone() for n, t in s.payload(u.client_id).items()} for u in ups}
+    s.aggregate(ups)
+    for u in ups:
+        for n, t in s.last_delta[u.client_id].items():
+            assert t.data_ptr() == held[u.client_id][n], n
+            assert torch.equal(t, u.params[n] - starts[u.client_id][n]), n
