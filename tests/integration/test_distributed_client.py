@@ -2,6 +2,8 @@
 127.0.0.1) acting as one federated client (docs/DEPLOYMENT.md, "A client as a multi-replica
 job").
 
+Service: a real aggregator, one client as a 2-replica torchrun job and one plain client.
+
 Core: two spawned replicas with 64 rows each per step against one process with batch 128.
 
 * One step's gradients (float32, the federation's dtype) equal the whole batch's: DDP's
@@ -19,13 +21,20 @@ Core: two spawned replicas with 64 rows each per step against one process with b
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 from helpers.distributed import ROWS, replica, runtime, step_gradients, train_one_round
-from helpers.processes import free_port
+from helpers.federation import Federation
+from helpers.processes import ManagedProcess, free_port, get_json
 from safetensors.torch import load_file
+
+START = 180  # seconds: torchrun and three client processes on a busy 2-core machine
 
 METHODS = ["pfmsmtrec", "ditto", "fedrep"]
 BATCH = 128
@@ -95,3 +104,59 @@ def test_two_replicas_train_what_one_process_trains(tmp_path):
         assert rank0["num_samples"] == alone["num_samples"] == TRAIN_ROWS
         # rank 0 reports the whole scenario's loss, not its shard's
         assert abs(rank0["loss"] - alone["loss"]) <= 1e-6 * alone["loss"], (rank0, alone)
+
+
+class TorchrunClient(ManagedProcess):
+    """``torchrun --nproc_per_node 2 -m msmtrec_app.cli client … --distributed`` over
+    127.0.0.1: one scenario client as two replicas (its output in one log)."""
+
+    def start(self, env: dict | None = None, cwd: Path | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+            "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), "-m", "msmtrec_app.cli", *self.args,
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                command,
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                start_new_session=self.own_session,
+            )
+
+
+def test_a_torchrun_client_is_one_client_of_a_real_federation(tmp_path, processes):
+    """A real aggregator, scenario S0 as a 2-replica torchrun job and S1 as a plain client:
+    2 rounds complete, the aggregator saw exactly two clients, S0 reported its whole
+    scenario (not a shard), and both replicas trained and ended with rank 0's exit code."""
+    fed = Federation.create(tmp_path, scenarios=("S0", "S1"))
+    processes.launch("aggregator", fed.aggregator_args(rounds=2, exit_when_done=False))
+    replicas = TorchrunClient(
+        "S0-torchrun",
+        fed.client_args("S0", distributed=True, replica_timeout_seconds=60),
+        processes.log_dir,
+    )
+    processes.procs.append(replicas)
+    plain = processes.launch("S1", fed.client_args("S1"))
+    assert replicas.wait(START) == 0, processes.logs()
+    assert plain.wait(START) == 0, processes.logs()
+
+    rounds = get_json(fed.url("/v1/rounds"))
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert sorted(r["participants"]) == ["S0", "S1"]
+        assert r["closed_by"] == "all_submitted"
+        assert r["clients"]["S0"]["num_samples"] == 1800  # the whole scenario, not a shard
+        assert r["clients"]["S0"]["metrics"]["train_loss"] > 0
+    clients = get_json(fed.url("/v1/clients"))
+    assert len(clients) == 2, clients
+    assert all(c["final_fetched"] and c["rounds"] == [1, 2] for c in clients)
+    log = replicas.tail(400)
+    assert "training as 2 replicas" in log
+    for n in (1, 2):
+        assert f"rank 1 trained round {n}" in log
+    assert "rank 1: rank 0 ended with exit code 0" in log
