@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from msmtrec.data.dataset import ScenarioSplits
@@ -71,7 +72,7 @@ def data_fingerprint(splits: ScenarioSplits | None) -> torch.Tensor:
     for data in (splits.train, splits.valid, splits.test):
         crc = 0
         for array in (data.categorical, data.numerical, data.labels):
-            crc = zlib.crc32(memoryview(array).cast("B"), crc)
+            crc = zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"), crc)
         values += [len(data), crc]
     return torch.tensor(values, dtype=torch.int64)
 
