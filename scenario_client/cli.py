@@ -3,6 +3,9 @@
     msmtrec client --scenario NL --data DIR --aggregator HOST:PORT --token-file F \\
         [--ca-cert CA] [--client-cert C --client-key K] [--state-dir DIR] [--registry DIR]
 
+Under torchrun, ``--distributed`` makes the job's processes one client (rank 0 talks to the
+aggregator, every rank trains a share of each batch: scenario_client/distributed.py).
+
 Settings: flag > env (MSMTREC_CLIENT_*) > --config file (section ``client:``) > default.
 Exit code 0 when the federation finished and the final model was evaluated, 1 when the
 aggregator refused the client or stayed unreachable, 2 for invalid settings.
@@ -62,6 +65,22 @@ def run(args: argparse.Namespace) -> int:
         resolve_device(settings.device, "device (MSMTREC_CLIENT_DEVICE)")
     except ValueError as exc:
         print(f"msmtrec client: invalid settings: {exc}")
+        return 2
+    if settings.distributed:  # one client as the replicas of a torchrun job
+        from scenario_client.distributed import run_replica
+
+        return run_replica(settings)
+    from msmtrec.training.process_group import replica_env
+
+    try:
+        replicas = replica_env()
+    except ValueError:
+        replicas = None
+    if replicas is not None and replicas[1] > 1:  # every rank would join as this scenario
+        print(
+            f"msmtrec client: invalid settings: started as one of {replicas[1]} processes "
+            "(WORLD_SIZE): pass --distributed to train as one client across them"
+        )
         return 2
     try:
         client = ScenarioClient(settings)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from msmtrec import __version__
 from msmtrec.codec import TensorSpec, signature_of
+from msmtrec.data.dataset import ScenarioSplits
 from msmtrec.device import device_name
 from msmtrec.federation.client import ClientRuntime
 from msmtrec.spec import FederationSpec
@@ -75,11 +76,7 @@ class Session:
             )
         except (DataValidationError, FileNotFoundError) as exc:
             raise DataError(f"cannot load this scenario's data: {exc}") from None
-        self.runtime = ClientRuntime(
-            self.scenario, splits, spec.model_config(), spec.federation(), spec.train, spec.seed,
-            privacy=self.settings.privacy(), planned_rounds=spec.rounds,
-            device=self.settings.device, precision=self.settings.precision,
-        )  # fmt: skip
+        self.runtime = self._make_runtime(splits, spec)
         self.signature = signature_of(self.runtime.shared_state(), self.runtime.sent_names)
         # (No optimizer warm-up: the Trainer's fused Adam does not import torch._dynamo.)
         self.meta = StateMeta(self.scenario, self.spec_digest)
@@ -111,6 +108,15 @@ class Session:
                 p["planned_steps"], spec.rounds, p["noise_multiplier"], p["max_grad_norm"],
                 p["sample_rate"], p["epsilon"],
             )  # fmt: skip
+
+    def _make_runtime(self, splits: ScenarioSplits, spec: FederationSpec) -> ClientRuntime:
+        """The scenario's runtime (a distributed client's rank 0 builds one whose training
+        spreads over its replicas: scenario_client.distributed)."""
+        return ClientRuntime(
+            self.scenario, splits, spec.model_config(), spec.federation(), spec.train, spec.seed,
+            privacy=self.settings.privacy(), planned_rounds=spec.rounds,
+            device=self.settings.device, precision=self.settings.precision,
+        )  # fmt: skip
 
     def _join(self) -> pb.RoundStatus:
         response = self.conn.call(

@@ -76,6 +76,19 @@ class ClientSettings(ServiceSettings, PrivacySettings):
     # dp_* fields of msmtrec.experiment.PrivacySettings (inherited): the client's own
     # choice, since it protects the client's own rows.
 
+    # One client as the replicas of a torchrun job (scenario_client/distributed.py).
+    distributed: bool = Field(
+        False,
+        description="train as the replicas of a torchrun job (RANK, WORLD_SIZE, MASTER_ADDR, "
+        "MASTER_PORT from torchrun; CPU, gloo): rank 0 talks to the aggregator, every rank "
+        "trains its share of each batch",
+    )
+    replica_timeout_seconds: float = Field(
+        300.0,
+        description="with --distributed: deadline of every exchange between the replicas "
+        "(a replica that hangs longer fails the client); must cover loading the data",
+    )
+
     threads: int | None = Field(None, description="torch intra-op threads")
     device: str = Field("auto", description=f"where the model trains: {DEVICE_HELP}")
     precision: Literal["fp32", "bf16"] = Field("fp32", description=PRECISION_HELP)
@@ -85,7 +98,7 @@ class ClientSettings(ServiceSettings, PrivacySettings):
     @field_validator(
         "rpc_timeout_seconds", "transfer_timeout_seconds", "poll_seconds",
         "reconnect_timeout_seconds", "backoff_initial_seconds", "backoff_max_seconds",
-        "keepalive_seconds",
+        "keepalive_seconds", "replica_timeout_seconds",
     )  # fmt: skip
     @classmethod
     def _positive(cls, v: float) -> float:

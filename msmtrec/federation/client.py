@@ -12,7 +12,7 @@ registry), so every method behaves identically in the simulation and over the ne
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,12 @@ if TYPE_CHECKING:
     from msmtrec.training.privacy import PrivateTraining
 from msmtrec.training.metrics import TaskMetrics
 from msmtrec.training.trainer import FitResult, TrainConfig, Trainer
+
+TrainerFactory = Callable[[MultiTaskMMoE, TrainConfig | None, str], Trainer]
+
+
+def _plain_trainer(model: MultiTaskMMoE, config: TrainConfig | None, precision: str) -> Trainer:
+    return Trainer(model, config, precision=precision)
 
 
 def round_seed(seed: int, scenario: str, round_number: int) -> int:
@@ -65,11 +71,16 @@ class ClientRuntime:
         *,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
+        trainer_factory: TrainerFactory | None = None,
     ) -> None:
         """``privacy``: train with DP-SGD, the budget planned over ``planned_rounds`` (every
         round this client plans to join); its noise seed is this client's own secret unless
         the configuration sets one (docs/PRIVACY.md). ``device``: where the model trains
-        (DP-SGD included); ``precision`` bf16 is refused with privacy (fp32 only)."""
+        (DP-SGD included); ``precision`` bf16 is refused with privacy (fp32 only).
+        ``trainer_factory(model, train_config, precision)``: the trainer to use instead of
+        :class:`Trainer` (e.g. :class:`~msmtrec.training.distributed.DistributedTrainer`, a
+        round spread over a torchrun job's replicas); methods' extra models get theirs
+        through ``Trainer.for_model``."""
         if privacy is not None and privacy.enabled and precision != "fp32":
             raise ValueError(
                 f"precision {precision!r} with differential privacy (dp_epsilon / "
@@ -83,7 +94,8 @@ class ClientRuntime:
         # Same seed everywhere → every client and the server share the initial shared tensors.
         model = model or build_model(splits.schema, model_config, seed)
         self.model = model.to(self.device)
-        self.trainer = Trainer(self.model, train_config, precision=precision)
+        make_trainer = trainer_factory or _plain_trainer
+        self.trainer = make_trainer(self.model, train_config, precision)
         self.groups = federation.parameter_groups()
         state = self.model.state_dict()
         self.groups.check_model(state)
