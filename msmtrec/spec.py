@@ -134,4 +134,5 @@ PROTOCOL_FIELDS = (
     "train",
     "model_overrides",
     "federation_overrides",
+    "schema",
 )
