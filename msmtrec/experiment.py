@@ -121,6 +121,12 @@ class ProtocolSettings(_FromValues):
         None,
         description="τ of the tower attention softmax(cos/τ); unset: FedHCA²'s scaled dot product",
     )
+    embedding_template: bool | None = Field(
+        None,
+        description="pfmsmtrec: split the input layer into a shared E_G (averaged, so the "
+        "shared embedding tables leave the client; private tables never do) and a local E_S "
+        "(method default: off, embeddings stay local)",
+    )
     init_weight: float | None = Field(None, description="initial a, b (method default)")
     hyper_lr: float | None = Field(None, description="learning rate of a, b (method default)")
     ditto_lambda: float | None = Field(
