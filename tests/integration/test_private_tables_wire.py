@@ -12,6 +12,8 @@ bytes of any untouched ``user_id`` row are. The client's own state file keeps th
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import torch
@@ -100,6 +102,9 @@ def test_a_private_table_is_absent_from_the_bytes_a_client_sends(tmp_path, proce
         wire = bytes(proxy.recorded_up)
     rounds = get_json(fed.url("/v1/rounds"))
     assert [r["round"] for r in rounds] == [1], rounds
+    # the status API's per-task metrics are keyed by the spec's task names
+    text = json.dumps(rounds)
+    assert '"click"' in text and '"like"' in text and "ctcvr" not in text, text[:2000]
     assert agg.poll() is None or agg.returncode == 0
 
     # the initial model every participant derives from the seed
