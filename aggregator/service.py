@@ -28,6 +28,7 @@ from aggregator.rounds import Phase
 from msmtrec import __version__
 from msmtrec.codec import Assembler, CodecError
 from msmtrec.identity import check_scenario_name
+from msmtrec.spec import dataset_spec_differences
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2 as pb
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
@@ -243,6 +244,15 @@ class FederationServicer(pb_grpc.FederationServicer):
     @unary("Join")
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext):
         scenario = self._identify(context, request.scenario)
+        differences = dataset_spec_differences(self.fed.spec.schema, request.dataset_spec_json)
+        if differences:
+            raise Refusal(
+                Reason.DATASET_SPEC_MISMATCH,
+                f"this client's dataset spec differs from the federation's "
+                f"({self.fed.spec.schema.name!r}): "
+                + "; ".join(differences)
+                + " (left: the federation's, right: this client's)",
+            )
         session, status = self.fed.join(
             scenario,
             request.spec_digest,

@@ -35,6 +35,7 @@ from msmtrec.model.config import PRESETS
 from msmtrec.training.config import PrivacyConfig, TrainConfig
 
 if TYPE_CHECKING:
+    from msmtrec.data.schema import FeatureSchema
     from msmtrec.simulation import SimulationConfig
     from msmtrec.spec import FederationSpec
 
@@ -87,9 +88,9 @@ class ProtocolSettings(_FromValues):
     batch_size: int = Field(_train_default("batch_size"), ge=1, description="client batch size")
     dataset: str = Field(
         DEFAULT_DATASET,
-        description="name of the dataset spec the data follows (built-in specs; only "
-        "aliexpress is wired into training so far)",
-        json_schema_extra={"cli": False},
+        description="dataset spec the data follows: a built-in name (aliexpress, tenrec) or "
+        "a TOML/YAML spec file (its columns, embedding tables, tasks)",
+        json_schema_extra={"flag": "--spec"},
     )
 
     # ------------------------------------------------------- method knobs (None: default)
@@ -119,6 +120,12 @@ class ProtocolSettings(_FromValues):
     attention_temperature: float | None = Field(
         None,
         description="τ of the tower attention softmax(cos/τ); unset: FedHCA²'s scaled dot product",
+    )
+    embedding_template: bool | None = Field(
+        None,
+        description="pfmsmtrec: split the input layer into a shared E_G (averaged, so the "
+        "shared embedding tables leave the client; private tables never do) and a local E_S "
+        "(method default: off, embeddings stay local)",
     )
     init_weight: float | None = Field(None, description="initial a, b (method default)")
     hyper_lr: float | None = Field(None, description="learning rate of a, b (method default)")
@@ -167,11 +174,12 @@ class ProtocolSettings(_FromValues):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
-        from msmtrec.data.spec_file import BUILTIN_SPECS
-
-        if v not in BUILTIN_SPECS:
-            raise ValueError(f"unknown dataset spec {v!r}; built-in: {', '.join(BUILTIN_SPECS)}")
+        dataset_schema(v)  # a spec that does not load is refused here, naming the key
         return v
+
+    def schema(self) -> FeatureSchema:
+        """The feature schema of the dataset spec (``--spec``)."""
+        return dataset_schema(self.dataset)
 
     # ------------------------------------------------------------------------ mappings
     def train_config(self) -> TrainConfig:
@@ -181,19 +189,11 @@ class ProtocolSettings(_FromValues):
         """(federation, model) overrides of the knobs that are set."""
         return experiment_overrides(self)
 
-    def _check_dataset_wired(self) -> None:
-        if self.dataset != DEFAULT_DATASET:
-            raise ValueError(
-                f"dataset {self.dataset!r}: only the {DEFAULT_DATASET!r} spec is wired into "
-                "training so far"
-            )
-
     def spec(self) -> FederationSpec:
         """The protocol the aggregator serves its clients (its digest binds joins and
         checkpoints)."""
         from msmtrec.spec import FederationSpec
 
-        self._check_dataset_wired()
         fed_overrides, model_overrides = self.overrides()
         return FederationSpec(
             method=self.method,
@@ -204,6 +204,7 @@ class ProtocolSettings(_FromValues):
             train=self.train_config(),
             model_overrides=model_overrides,
             federation_overrides=fed_overrides,
+            schema=self.schema(),
         )
 
     def simulation_config(self, data_dir: Path, **local: Any) -> SimulationConfig:
@@ -263,6 +264,14 @@ PROTOCOL_FIELDS = tuple(ProtocolSettings.model_fields)
 
 class ExperimentSettings(ProtocolSettings, PrivacySettings):
     """Protocol and privacy: the whole experiment, as ``simulate`` and ``up`` take it."""
+
+
+def dataset_schema(name_or_path: str) -> FeatureSchema:
+    """The schema of a dataset spec (built-in name or TOML/YAML file); a bad spec is a
+    ``SpecError`` (a ValueError) naming the file and key."""
+    from msmtrec.data.spec_file import load_spec
+
+    return load_spec(name_or_path)
 
 
 def train_config(settings: ProtocolSettings) -> TrainConfig:

@@ -43,6 +43,8 @@ class SimulationConfig(ResolvesExperiment):
     train: TrainConfig = field(default_factory=TrainConfig)
     model_overrides: dict[str, Any] = field(default_factory=dict)
     federation_overrides: dict[str, Any] = field(default_factory=dict)
+    # the dataset spec the data follows (`--spec`): columns, embedding tables, tasks
+    schema: FeatureSchema = ALIEXPRESS
     progress: bool = False
     # Evaluate a scenario on test only in rounds where its validation AUC reached a new best
     # (the only rounds per-scenario selection reads; the others record None and no mean).
@@ -153,7 +155,9 @@ def run_simulation(
 ) -> SimulationResult:
     """Run the federation in-process. ``on_round(round, clients)`` runs after each round
     (used to publish models to a registry)."""
-    splits = splits or load_splits(config.data_dir, config.scenarios, config.valid_fraction)
+    splits = splits or load_splits(
+        config.data_dir, config.scenarios, config.valid_fraction, config.schema
+    )
     fed = config.federation()
     model_cfg = config.model_config()
     runner = get_method(fed.method).pooled_runner
@@ -184,6 +188,8 @@ def run_simulation(
     }
     if config.privacy is not None and config.privacy.enabled:
         cfg["privacy"] = config.privacy.to_dict()
+    if config.schema != ALIEXPRESS:  # (AliExpress runs keep their results.json as before)
+        cfg["dataset"] = config.schema.to_dict()
     return SimulationResult(config.method, cfg, history, best.round)
 
 

@@ -134,4 +134,18 @@ PROTOCOL_FIELDS = (
     "train",
     "model_overrides",
     "federation_overrides",
+    "schema",
 )
+
+
+def dataset_spec_differences(schema: FeatureSchema, client_json: str) -> list[str]:
+    """What differs between the federation's dataset spec and the one a client joins with
+    (``FeatureSchema.to_dict`` as JSON, the client's ``--spec``): one entry per key, naming
+    both values. Empty: the same spec, or a client that sent none (older clients)."""
+    if not client_json:
+        return []
+    try:
+        theirs = FeatureSchema.from_dict(json.loads(client_json))
+    except (ValueError, KeyError, TypeError) as exc:
+        return [f"the client's dataset spec is not a valid schema: {exc}"]
+    return schema.differences(theirs)

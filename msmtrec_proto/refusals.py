@@ -61,6 +61,7 @@ _CODES: dict[str, tuple[str, ...]] = {
         "SPEC_MISMATCH",
         "UNKNOWN_ROUND",
         "NOT_SAMPLED",
+        "DATASET_SPEC_MISMATCH",
     ),
     "ALREADY_EXISTS": ("CONFLICTING_RESUBMISSION",),
 }

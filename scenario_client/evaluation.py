@@ -28,6 +28,7 @@ log = logging.getLogger("scenario_client")
 FATAL_REASONS = frozenset(
     {
         Reason.SPEC_MISMATCH,
+        Reason.DATASET_SPEC_MISMATCH,
         Reason.SIGNATURE_MISMATCH,
         Reason.UNKNOWN_SCENARIO,
         Reason.WRONG_SCENARIO,

@@ -5,6 +5,7 @@ registration alive with heartbeats, and long-poll for the next thing to do. A pa
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from msmtrec import __version__
 from msmtrec.codec import TensorSpec, signature_of
 from msmtrec.data.dataset import ScenarioSplits
 from msmtrec.device import device_name
+from msmtrec.experiment import dataset_schema
 from msmtrec.federation.client import ClientRuntime
 from msmtrec.spec import FederationSpec
 from msmtrec_proto import wire
@@ -70,9 +72,14 @@ class Session:
         self.heartbeat_interval = max(0.2, cfg.heartbeat_interval_ms / 1000.0)
         from msmtrec.data.loader import DataValidationError, load_scenario
 
+        # the client's own dataset spec (--spec) reads its data; the aggregator compares it
+        # with the federation's on join (default: the federation's own)
+        self.dataset_schema = (
+            dataset_schema(self.settings.dataset) if self.settings.dataset else spec.schema
+        )
         try:
             splits = load_scenario(
-                self.settings.data, self.scenario, spec.schema, spec.valid_fraction
+                self.settings.data, self.scenario, self.dataset_schema, spec.valid_fraction
             )
         except (DataValidationError, FileNotFoundError) as exc:
             raise DataError(f"cannot load this scenario's data: {exc}") from None
@@ -128,6 +135,7 @@ class Session:
                     signature=wire.specs_to_proto(self.signature),
                     num_train_samples=len(self.runtime.splits.train),
                     client_version=f"msmtrec/{__version__}",
+                    dataset_spec_json=json.dumps(self.dataset_schema.to_dict(), sort_keys=True),
                 ),
                 timeout=self.conn.rpc_timeout,
                 metadata=self.md,

@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from msmtrec.device import DEVICE_HELP, PRECISION_HELP, check_device
-from msmtrec.experiment import PrivacySettings
+from msmtrec.experiment import PrivacySettings, dataset_schema
 from servicekit.settings import NO_CLI, ServiceSettings
 
 
@@ -26,6 +26,13 @@ class ClientSettings(ServiceSettings, PrivacySettings):
     scenario: str = Field(description="this client's scenario (its token must match)")
     data: Path = Field(description="data directory; only <data>/<scenario>/ is read")
     aggregator: str = Field("127.0.0.1:50051", description="aggregator HOST:PORT")
+    dataset: str | None = Field(
+        None,
+        description="dataset spec this client's data follows: a built-in name or a TOML/YAML "
+        "file; sent on join, and the aggregator refuses a spec that differs from the "
+        "federation's (default: the federation's spec)",
+        json_schema_extra={"flag": "--spec"},
+    )
 
     token_file: Path | None = Field(None, description="file holding this scenario's token")
     token: SecretStr | None = Field(
@@ -110,6 +117,13 @@ class ClientSettings(ServiceSettings, PrivacySettings):
     @classmethod
     def _device(cls, v: str) -> str:
         return check_device(v)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str | None) -> str | None:
+        if v is not None:
+            dataset_schema(v)  # a spec that does not load: an error naming file and key
+        return v
 
     @model_validator(mode="after")
     def _privacy_valid(self) -> ClientSettings:

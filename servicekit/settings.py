@@ -143,7 +143,13 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-def flag_name(name: str) -> str:
+def flag_name(name: str, field: Any = None) -> str:
+    """``--name-with-dashes``, or the field's own ``json_schema_extra={"flag": ...}`` (a
+    setting whose key reads well in a file but whose flag has a shorter, established name,
+    e.g. ``dataset`` → ``--spec``)."""
+    extra = getattr(field, "json_schema_extra", None)
+    if isinstance(extra, dict) and "flag" in extra:
+        return str(extra["flag"])
     return "--" + name.replace("_", "-")
 
 
@@ -216,7 +222,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[ServiceSet
             kwargs.update(type=annotation, metavar=name.upper())
         else:
             kwargs.update(type=str, metavar=name.upper())
-        group.add_argument(flag_name(name), **kwargs)
+        group.add_argument(flag_name(name, field), **kwargs)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -235,7 +241,7 @@ def settings_table(cls: type[ServiceSettings]) -> str:
         "|---|---|---|---|---|",
     ]
     for name, field in cls.model_fields.items():
-        flag = f"`{flag_name(name)}`" if _cli_enabled(field) else "—"
+        flag = f"`{flag_name(name, field)}`" if _cli_enabled(field) else "—"
         desc = (field.description or "").replace("|", "\\|")
         lines.append(
             f"| {flag} | `{prefix}{name.upper()}` | `{name}` | `{_default_text(cls, name)}` "

@@ -39,6 +39,14 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
         help="directory of <scenario>/{train,test}.{csv,parquet}",
     )
     add_method_flag(p)
+    p.add_argument(
+        "--spec",
+        dest="dataset",
+        default=_default("dataset"),
+        metavar="NAME|PATH",
+        help="dataset spec the data follows: built-in aliexpress or tenrec, or a TOML/YAML "
+        "spec file (columns, embedding tables, tasks)",
+    )
     p.add_argument("--rounds", type=int, default=_default("rounds"), help="federated rounds")
     p.add_argument(
         "--preset", default=_default("preset"), choices=sorted(PRESETS), help="model sizes"

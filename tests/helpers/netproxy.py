@@ -57,8 +57,13 @@ class FaultyProxy:
         upstream: tuple[str, int],
         max_connections: int = 32,
         bytes_per_second: float | None = None,
+        record: bool = False,
     ) -> None:
         self.upstream = upstream
+        # record=True keeps every client → server byte in ``recorded_up`` (a test that
+        # inspects what actually went over the wire)
+        self.record = record
+        self.recorded_up = bytearray()
         self.max_connections = max_connections
         self.bytes_per_second = bytes_per_second  # a slow link (both directions together)
         self.mode = "pass"
@@ -173,6 +178,9 @@ class FaultyProxy:
                 if pair.upstream is None:
                     continue  # accepted into a blackhole: read and dropped, forever silent
                 pair.held[direction] += data  # forwarded below unless the mode holds it
+                if self.record and direction == "up":
+                    with self._lock:
+                        self.recorded_up += data
             if pair.upstream is None:
                 continue
             self._forward(pair, "up", pair.upstream)

@@ -341,6 +341,41 @@ def test_bad_joins_and_foreign_calls_are_refused(env):
         assert env.checksum() == before, reason
 
 
+def test_a_join_with_another_dataset_spec_is_refused_naming_the_difference(env):
+    import json
+
+    from msmtrec.data.schema import ALIEXPRESS
+    from msmtrec.data.spec_file import load_spec
+
+    before = env.checksum()
+
+    def join(schema_json: str):
+        return lambda: env.stub.Join(
+            pb.JoinRequest(
+                scenario="A",
+                spec_digest=env.spec_digest,
+                signature=wire.specs_to_proto(env.signature),
+                dataset_spec_json=schema_json,
+            ),
+            metadata=env.md("A"),
+            timeout=10,
+        )
+
+    tenrec = json.dumps(load_spec("tenrec").to_dict())
+    details = refused(
+        join(tenrec), grpc.StatusCode.FAILED_PRECONDITION, "dataset-spec-mismatch", "tasks: "
+    )
+    assert "['ctr', 'ctcvr'] != ['click', 'like']" in details, details
+    assert "name: 'aliexpress' != 'tenrec'" in details, details
+    assert env.checksum() == before
+    refused(join("{not json"), grpc.StatusCode.FAILED_PRECONDITION, "dataset-spec-mismatch")
+    # the federation's own spec (and no spec at all, an older client) joins
+    env.stub.Join(pb.JoinRequest(
+        scenario="A", spec_digest=env.spec_digest, signature=wire.specs_to_proto(env.signature),
+        dataset_spec_json=json.dumps(ALIEXPRESS.to_dict()),
+    ), metadata=env.md("A"), timeout=10)  # fmt: skip
+
+
 def test_health_and_reflection_are_served(env):
     health = health_pb2_grpc.HealthStub(env.channel)
     for service in ("", wire.SERVICE):

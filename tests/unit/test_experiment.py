@@ -101,10 +101,18 @@ def test_privacy_settings_map_to_the_privacy_config():
         PrivacySettings(dp_delta=1e-5).privacy()
 
 
-def test_an_unwired_dataset_spec_is_refused_not_silently_replaced():
-    settings = ExperimentSettings(dataset="tenrec")
-    with pytest.raises(ValueError, match="tenrec"):
-        settings.spec()
+def test_the_dataset_spec_travels_in_the_federation_spec(tmp_path):
+    from msmtrec.data.schema import ALIEXPRESS
+    from msmtrec.data.spec_file import load_spec
+
+    assert ExperimentSettings().spec().schema == ALIEXPRESS
+    assert ExperimentSettings().spec().to_dict() == ExperimentSettings().spec().to_dict()
+    tenrec = ExperimentSettings(dataset="tenrec").spec()
+    assert tenrec.schema == load_spec("tenrec") and tenrec.schema.tasks == ("click", "like")
+    assert tenrec.digest() != ExperimentSettings().spec().digest()
+    assert tenrec.to_simulation(tmp_path).schema == tenrec.schema
+    with pytest.raises(ValueError, match="nosuch"):
+        ExperimentSettings(dataset="nosuch")
 
 
 def test_from_values_reads_a_namespace_and_keeps_defaults_for_unset():

@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from msmtrec.experiment import PRIVACY_FIELDS, PROTOCOL_FIELDS, ExperimentSettings
+from msmtrec.experiment import (
+    DEFAULT_DATASET,
+    PRIVACY_FIELDS,
+    PROTOCOL_FIELDS,
+    ExperimentSettings,
+)
 from msmtrec_app.commands.up.common import UpError
 from msmtrec_app.commands.up.ports import Endpoints
 from msmtrec_app.supervisor import ServiceProcess, stop_all
@@ -73,6 +78,9 @@ def child_configs(
     where = run_dir / CONFIG_DIR
     threads = args.threads
     given = experiment.model_dump(exclude_none=True)
+    dataset = given.get("dataset", DEFAULT_DATASET)
+    if Path(dataset).is_file():  # a spec file: the children may run from another directory
+        given["dataset"] = dataset = str(Path(dataset).resolve())
     protocol = {k: v for k, v in given.items() if k in PROTOCOL_FIELDS}
     privacy = {k: v for k, v in given.items() if k in PRIVACY_FIELDS}
     agg: dict[str, Any] = {
@@ -110,6 +118,8 @@ def child_configs(
             "precision": getattr(args, "precision", "fp32"),
             **privacy,  # each client protects its own rows
         }
+        if dataset != DEFAULT_DATASET:  # the client reads its data with it, and joins with it
+            client["dataset"] = dataset
         if args.tls:
             client["ca_cert"] = secrets["tls:ca.pem"]
         configs.append(ChildConfig(f"client {s}", "client", client, where / f"client-{s}.json"))
@@ -122,6 +132,8 @@ def child_configs(
         "workers": 1,
         "device": getattr(args, "gateway_device", "cpu"),
     }
+    if dataset != DEFAULT_DATASET:  # request keys and predictions: the spec's names
+        gateway["spec"] = dataset
     configs.append(ChildConfig("gateway", "gateway", gateway, where / "gateway.json"))
     return configs
 

@@ -37,6 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="scenarios to run (default: NL ES FR US, or every scenario under --data)",
     )
+    p.add_argument(
+        "--spec",
+        dest="dataset",
+        default=None,
+        metavar="NAME|PATH",
+        help="dataset spec of --data: built-in aliexpress (default) or tenrec, or a TOML/YAML "
+        "spec file; the aggregator, every client and the gateway use it",
+    )
     p.add_argument("--rows", type=int, default=20_000, help="synthetic train rows per scenario")
     p.add_argument("--test-rows", type=int, default=None, help="synthetic test rows (rows / 4)")
     p.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")

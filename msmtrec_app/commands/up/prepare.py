@@ -12,9 +12,13 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from msmtrec_app.commands.deploy import DEFAULT_SCENARIOS
 from msmtrec_app.commands.up.common import UpError, say
+
+if TYPE_CHECKING:
+    from msmtrec.data.schema import FeatureSchema
 
 EXAMPLE_ROWS = 3
 FRESH_EACH_RUN = ("aggregator", "clients", "registry", "logs", "examples", "config")
@@ -47,6 +51,12 @@ def prepare_data(args: argparse.Namespace, run_dir: Path) -> tuple[list[str], Pa
     from msmtrec.data.synth import SynthConfig
     from msmtrec_app.commands.deploy import init_data
 
+    dataset = getattr(args, "dataset", None)
+    if dataset not in (None, "aliexpress"):
+        raise UpError(
+            f"--spec {dataset} needs --data: the synthetic data up writes follows the "
+            "aliexpress spec"
+        )
     scenarios = list(args.scenarios or DEFAULT_SCENARIOS)
     data_dir = (run_dir / "data").resolve()
     test_rows = args.test_rows or max(1, args.rows // 4)
@@ -104,16 +114,21 @@ def prepare_secrets(
     return {k: Path(v).resolve() for k, v in paths.items()}
 
 
-def example_instances(data_dir: Path, scenario: str, n: int = EXAMPLE_ROWS) -> tuple[list, dict]:
+def example_instances(
+    data_dir: Path, scenario: str, n: int = EXAMPLE_ROWS, schema: FeatureSchema | None = None
+) -> tuple[list, dict]:
     """The first ``n`` rows of the scenario's test file as gateway instances (feature name →
-    JSON number), and their labels (label name → values) for display."""
+    JSON number), and their labels (label name → values) for display; columns from the
+    dataset spec's ``schema`` (default: AliExpress)."""
     from msmtrec.data.loader import find_split_file
     from msmtrec.data.schema import ALIEXPRESS
+
+    schema = schema or ALIEXPRESS
 
     path = find_split_file(Path(data_dir) / scenario, "test")
     if path is None:
         raise UpError(f"no test file in {Path(data_dir) / scenario} for the example prediction")
-    columns = [*ALIEXPRESS.feature_columns, *ALIEXPRESS.labels]
+    columns = [*schema.feature_columns, *schema.labels]
     if path.suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
@@ -123,10 +138,10 @@ def example_instances(data_dir: Path, scenario: str, n: int = EXAMPLE_ROWS) -> t
         import pandas as pd
 
         frame = pd.read_csv(path, usecols=columns, nrows=n)
-    cat = set(ALIEXPRESS.categorical)
+    cat = set(schema.categorical)
     instances = [
-        {c: int(row[c]) if c in cat else float(row[c]) for c in ALIEXPRESS.feature_columns}
+        {c: int(row[c]) if c in cat else float(row[c]) for c in schema.feature_columns}
         for _, row in frame.iterrows()
     ]
-    labels = {name: [int(v) for v in frame[name]] for name in ALIEXPRESS.labels}
+    labels = {name: [int(v) for v in frame[name]] for name in schema.labels}
     return instances, labels

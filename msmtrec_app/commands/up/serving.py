@@ -68,7 +68,9 @@ class Serving:
         say(f"example predictions from the gateway ({EXAMPLE_ROWS} rows of each scenario's "
             "test file):")  # fmt: skip
         for s in self.scenarios:
-            instances, labels = example_instances(self.data_dir, s)
+            experiment = getattr(self, "experiment", None)
+            schema = experiment.schema() if experiment is not None else None
+            instances, labels = example_instances(self.data_dir, s, schema=schema)
             body_path = self.run_dir / "examples" / f"{s}.json"
             body_path.write_text(json.dumps({"instances": instances}) + "\n")
             try:

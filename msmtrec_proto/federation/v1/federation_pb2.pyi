@@ -44,6 +44,7 @@ class RefusalReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REFUSAL_REASON_CONFLICTING_RESUBMISSION: _ClassVar[RefusalReason]
     REFUSAL_REASON_NOT_SAMPLED: _ClassVar[RefusalReason]
     REFUSAL_REASON_RATE_LIMITED: _ClassVar[RefusalReason]
+    REFUSAL_REASON_DATASET_SPEC_MISMATCH: _ClassVar[RefusalReason]
 PHASE_UNSPECIFIED: Phase
 PHASE_WAITING_FOR_CLIENTS: Phase
 PHASE_OPEN: Phase
@@ -76,6 +77,7 @@ REFUSAL_REASON_UNKNOWN_ROUND: RefusalReason
 REFUSAL_REASON_CONFLICTING_RESUBMISSION: RefusalReason
 REFUSAL_REASON_NOT_SAMPLED: RefusalReason
 REFUSAL_REASON_RATE_LIMITED: RefusalReason
+REFUSAL_REASON_DATASET_SPEC_MISMATCH: RefusalReason
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "shape", "dtype")
@@ -118,18 +120,20 @@ class GetConfigResponse(_message.Message):
     def __init__(self, protocol: _Optional[str] = ..., spec_json: _Optional[str] = ..., spec_digest: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., max_payload_bytes: _Optional[int] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("scenario", "spec_digest", "signature", "num_train_samples", "client_version")
+    __slots__ = ("scenario", "spec_digest", "signature", "num_train_samples", "client_version", "dataset_spec_json")
     SCENARIO_FIELD_NUMBER: _ClassVar[int]
     SPEC_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     NUM_TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     scenario: str
     spec_digest: str
     signature: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     num_train_samples: int
     client_version: str
-    def __init__(self, scenario: _Optional[str] = ..., spec_digest: _Optional[str] = ..., signature: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_train_samples: _Optional[int] = ..., client_version: _Optional[str] = ...) -> None: ...
+    dataset_spec_json: str
+    def __init__(self, scenario: _Optional[str] = ..., spec_digest: _Optional[str] = ..., signature: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., num_train_samples: _Optional[int] = ..., client_version: _Optional[str] = ..., dataset_spec_json: _Optional[str] = ...) -> None: ...
 
 class JoinResponse(_message.Message):
     __slots__ = ("client_id", "session_id", "status")
