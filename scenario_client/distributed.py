@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from msmtrec.data.dataset import ScenarioSplits
+from msmtrec.experiment import dataset_schema
 from msmtrec.federation.client import ClientRuntime
 from msmtrec.spec import FederationSpec
 from msmtrec.training.distributed import DistributedTrainer
@@ -277,7 +278,9 @@ def follow(settings: ClientSettings, group: ReplicaGroup) -> int:
             spec = FederationSpec.from_json(text)
             splits = None
             try:
-                splits = load_scenario(settings.data, scenario, spec.schema, spec.valid_fraction)
+                # the same schema rank 0 loads with (its --spec, else the federation's)
+                schema = dataset_schema(settings.dataset) if settings.dataset else spec.schema
+                splits = load_scenario(settings.data, scenario, schema, spec.valid_fraction)
             except (DataValidationError, FileNotFoundError) as exc:
                 log.error("%s: rank %d cannot load its data: %s", scenario, group.rank, exc)
             if splits is not None:
