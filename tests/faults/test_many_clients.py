@@ -52,9 +52,9 @@ def test_sixty_four_client_processes_close_every_round_with_all_of_them(make_run
     for r in history:
         assert sorted(r["participants"]) == names, (r["round"], len(r["participants"]))
     print(f"\n{CLIENTS} client processes × {ROUNDS} rounds in {elapsed:.0f} s")
-    # Last, so that a failure here says the federation itself was fine: the first run
-    # (2026-12-05) had one client of 64 abort after "federation finished" with "terminate
-    # called without an active exception" (exit -6) — probably its heartbeat thread outliving
-    # ScenarioClient.close()'s 2 s join on a machine at load 70 (not yet diagnosed).
+    # Last, so that a failure here says the federation itself was fine: both runs of
+    # 2026-12-05 had one client of 64 abort after "federation finished" with "terminate
+    # called without an active exception" (exit -6) — probably its daemon heartbeat thread
+    # still in a gRPC call after ScenarioClient.close()'s 2 s join (not yet diagnosed).
     failed = {c.name: (c.wait(0), c.tail(3)) for c in clients if c.wait(0) != 0}
     assert not failed, f"clients exited non-zero after the federation finished: {failed}"
