@@ -11,19 +11,22 @@ and against each other (DNS name of rank 0, port, selector, ReadWriteMany claims
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
 
 import pytest
 import yaml
-from test_deploy_static import (
+from test_deploy_static import (  # noqa: F401  (secret_files: a fixture)
     COMPOSE,
     K8S,
     K8S_VERSIONS,
     REPO,
     check_env,
+    compose_tool,
     interpolate,
     parse_command,
+    secret_files,
 )
 
 from msmtrec_app.cli import build_parser
@@ -56,6 +59,22 @@ def test_compose_override_runs_a_real_client_under_torchrun(monkeypatch):
         settings = check_env(env, "MSMTREC_CLIENT_", monkeypatch, f"compose.distributed {name}")
         assert settings.distributed and settings.replica_timeout_seconds > 0
         assert "/tmp" in svc["tmpfs"]  # torchrun writes there; the image's root is read-only
+
+
+def test_compose_override_is_valid_for_the_compose_tool(secret_files, tmp_path):  # noqa: F811
+    tool = compose_tool()
+    if tool is None:
+        pytest.skip("no compose tool installed (test_deploy_static says whether CI needs one)")
+    secrets_dir = next(iter(secret_files.values())).parents[1]
+    env = {**os.environ, "MSMTREC_SECRETS_DIR": str(secrets_dir)}
+    result = subprocess.run(
+        [*tool, "-f", str(COMPOSE), "-f", str(OVERRIDE), "config"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{' '.join(tool)} config failed:\n{result.stderr}"
+    nl = yaml.safe_load(result.stdout)["services"]["client-nl"]
+    assert nl["entrypoint"] == TORCHRUN
+    assert nl["environment"]["MSMTREC_CLIENT_DISTRIBUTED"] == "true"
 
 
 def _base_docs() -> dict[tuple[str, str], dict]:
