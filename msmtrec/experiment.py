@@ -90,7 +90,7 @@ class ProtocolSettings(_FromValues):
         DEFAULT_DATASET,
         description="dataset spec the data follows: a built-in name (aliexpress, tenrec) or "
         "a TOML/YAML spec file (its columns, embedding tables, tasks)",
-        json_schema_extra={"flag": "--spec"},
+        json_schema_extra={"flag": "--spec", "metavar": "NAME|PATH"},
     )
 
     # ------------------------------------------------------- method knobs (None: default)

@@ -31,7 +31,7 @@ class ClientSettings(ServiceSettings, PrivacySettings):
         description="dataset spec this client's data follows: a built-in name or a TOML/YAML "
         "file; sent on join, and the aggregator refuses a spec that differs from the "
         "federation's (default: the federation's spec)",
-        json_schema_extra={"flag": "--spec"},
+        json_schema_extra={"flag": "--spec", "metavar": "NAME|PATH"},
     )
 
     token_file: Path | None = Field(None, description="file holding this scenario's token")

@@ -153,6 +153,11 @@ def flag_name(name: str, field: Any = None) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _metavar(name: str, field: Any) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return str(extra.get("metavar", name.upper()))
+
+
 def _cli_enabled(field: Any) -> bool:
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     return extra.get("cli", True)
@@ -219,9 +224,9 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[ServiceSet
             inner = typing.get_args(annotation)[0] if typing.get_args(annotation) else str
             kwargs.update(nargs="+", type=inner, metavar=name.upper())
         elif annotation in (int, float, str, Path):
-            kwargs.update(type=annotation, metavar=name.upper())
+            kwargs.update(type=annotation, metavar=_metavar(name, field))
         else:
-            kwargs.update(type=str, metavar=name.upper())
+            kwargs.update(type=str, metavar=_metavar(name, field))
         group.add_argument(flag_name(name, field), **kwargs)
 
 

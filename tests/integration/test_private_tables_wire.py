@@ -8,6 +8,8 @@ the embedding template is on, so the shared tables *are* sent. The positive cont
 initial bytes of untouched ``tag`` rows and the name ``embedding_tables.tag.weight`` are found
 in the recorded stream. The claim: neither the name ``private_tables.user_id.weight`` nor the
 bytes of any untouched ``user_id`` row are. The client's own state file keeps the private table.
+The published models are then served by a gateway given the same spec: requests keyed by the
+spec's feature names, predictions keyed by its tasks (click, like).
 """
 
 from __future__ import annotations
@@ -95,8 +97,12 @@ def test_a_private_table_is_absent_from_the_bytes_a_client_sends(tmp_path, proce
         ),
     )
     with FaultyProxy(("127.0.0.1", fed.port), record=True) as proxy:
-        s0 = processes.launch("S0", fed.client_args("S0", aggregator=proxy.target, spec=spec_file))
-        s1 = processes.launch("S1", fed.client_args("S1", spec=spec_file))
+        registry = tmp_path / "registry"
+        s0 = processes.launch(
+            "S0",
+            fed.client_args("S0", aggregator=proxy.target, spec=spec_file, registry=registry),
+        )
+        s1 = processes.launch("S1", fed.client_args("S1", spec=spec_file, registry=registry))
         assert s0.wait(START) == 0, s0.tail()
         assert s1.wait(START) == 0, s1.tail()
         wire = bytes(proxy.recorded_up)
@@ -140,3 +146,23 @@ def test_a_private_table_is_absent_from_the_bytes_a_client_sends(tmp_path, proce
     assert torch.equal(kept[untouched], torch.from_numpy(user0[untouched]))
     some = sorted(touched)[:50]
     assert not torch.equal(kept[some], torch.from_numpy(user0[some]))
+
+    # the gateway serves the spec: instance keys are its feature names, predictions its tasks
+    import httpx
+    from gateway_support import running_gateway, wait_ready
+
+    instances = [
+        {"user_id": 10**15 + i, "tag": 7 * i, "gender": i % 3, "price": 3.5 * i} for i in range(5)
+    ]
+    with running_gateway(registry, spec=str(spec_file)) as base, httpx.Client(base_url=base) as c:
+        wait_ready(c)
+        body = c.post("/v1/scenarios/S0/predict", json={"instances": instances})
+        assert body.status_code == 200, body.text
+        predictions = body.json()["predictions"]
+        assert set(predictions) == {"click", "like"}
+        click, like = np.array(predictions["click"]), np.array(predictions["like"])
+        assert len(click) == 5 and (like <= click + 1e-6).all()  # like = click × own tower
+        doc = c.get("/openapi.json").json()
+        assert "user_id" in json.dumps(doc) and "categorical_1" not in json.dumps(doc)
+        missing = c.post("/v1/scenarios/S0/predict", json={"instances": [{"user_id": 1}]})
+        assert missing.status_code == 422 and "tag" in missing.text

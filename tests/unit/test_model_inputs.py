@@ -211,3 +211,20 @@ def test_trainer_updates_only_the_rows_of_a_sparse_table_that_the_data_uses():
     assert torch.equal(after[100:], before[100:])
     assert not torch.equal(after[:100], before[:100])
     assert not torch.equal(model.embedding.weight, dense_before)  # dense Adam still runs
+
+
+def test_differential_privacy_with_a_sparse_table_is_refused_naming_it():
+    import numpy as np
+
+    from msmtrec.data.dataset import ScenarioData
+    from msmtrec.training.config import PrivacyConfig
+    from msmtrec.training.privacy import PrivateTraining
+    from msmtrec.training.trainer import TrainConfig, Trainer
+
+    schema = user_schema()
+    model = build_model(schema, preset("small"), seed=0)
+    cat, num = batch(schema, 64)
+    data = ScenarioData(cat.numpy(), num.numpy(), np.zeros((64, 3), dtype=np.float32))
+    private = PrivateTraining(PrivacyConfig(noise_multiplier=1.0, noise_seed=1), 64, 32, 2, seed=0)
+    with pytest.raises(ValueError, match=r"private_tables\.user\.weight"):
+        Trainer(model, TrainConfig(batch_size=32), privacy=private).fit(data, seed=0)
