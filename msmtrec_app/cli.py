@@ -142,7 +142,9 @@ def bind_environment(parser: argparse.ArgumentParser, environ: dict | None = Non
                 continue
             help_text = action.help or ""
             # a default the help already explains in words (computed when unset) stays so
-            described = action.default is None and "(default" in help_text
+            # (so does one whose flag is absent unless given: argparse.SUPPRESS)
+            unset = action.default is None or action.default == argparse.SUPPRESS
+            described = unset and "(default" in help_text
             if not described:
                 help_text = _OLD_DEFAULT.sub("", help_text).strip()
             parts = [] if described else [f"default: {_default_text(action)}"]
