@@ -57,6 +57,10 @@ class SimulationConfig(ResolvesExperiment):
     # record-level DP of every client's training (docs/PRIVACY.md); the budget covers
     # `rounds`. The simulation seeds the noise from `seed` unless privacy sets its own.
     privacy: PrivacyConfig | None = None
+    # > 0: stream each scenario's train split from Parquet through a shuffle buffer of this
+    # many rows (msmtrec.data.stream; memory does not grow with rows); 0: load it in memory.
+    # A different row order from the in-memory path, so results differ; local to this run.
+    stream_buffer_rows: int = 0
 
 
 def per_scenario_selection(history: list[RoundRecord]) -> dict[str, dict[str, Any]]:
@@ -138,12 +142,18 @@ def load_splits(
     scenarios: tuple[str, ...] | None,
     valid_fraction: float,
     schema: FeatureSchema = ALIEXPRESS,
+    stream_buffer_rows: int = 0,
 ) -> dict[str, ScenarioSplits]:
     from msmtrec.data.loader import list_scenarios, load_scenario
+    from msmtrec.data.stream import stream_splits
 
     names = scenarios or tuple(list_scenarios(data_dir))
     if not names:
         raise FileNotFoundError(f"no scenario directories with a train file under {data_dir}")
+    if stream_buffer_rows > 0:
+        return {
+            s: stream_splits(data_dir, s, schema, valid_fraction, stream_buffer_rows) for s in names
+        }
     return {s: load_scenario(data_dir, s, schema, valid_fraction) for s in names}
 
 
@@ -156,7 +166,11 @@ def run_simulation(
     """Run the federation in-process. ``on_round(round, clients)`` runs after each round
     (used to publish models to a registry)."""
     splits = splits or load_splits(
-        config.data_dir, config.scenarios, config.valid_fraction, config.schema
+        config.data_dir,
+        config.scenarios,
+        config.valid_fraction,
+        config.schema,
+        config.stream_buffer_rows,
     )
     fed = config.federation()
     model_cfg = config.model_config()

@@ -78,9 +78,21 @@ class Session:
             dataset_schema(self.settings.dataset) if self.settings.dataset else spec.schema
         )
         try:
-            splits = load_scenario(
-                self.settings.data, self.scenario, self.dataset_schema, spec.valid_fraction
-            )
+            if self.settings.stream_buffer_rows > 0:
+                from msmtrec.data.stream import stream_splits
+
+                splits = stream_splits(
+                    self.settings.data, self.scenario, self.dataset_schema,
+                    spec.valid_fraction, self.settings.stream_buffer_rows,
+                )  # fmt: skip
+                log.info(
+                    "%s: streaming the train split from Parquet (shuffle buffer %d rows)",
+                    self.scenario, self.settings.stream_buffer_rows,
+                )  # fmt: skip
+            else:
+                splits = load_scenario(
+                    self.settings.data, self.scenario, self.dataset_schema, spec.valid_fraction
+                )
         except (DataValidationError, FileNotFoundError) as exc:
             raise DataError(f"cannot load this scenario's data: {exc}") from None
         self.runtime = self._make_runtime(splits, spec)

@@ -96,6 +96,13 @@ class ClientSettings(ServiceSettings, PrivacySettings):
         "(a replica that hangs longer fails the client); must cover loading the data",
     )
 
+    stream_buffer_rows: int = Field(
+        0,
+        ge=0,
+        description="> 0: stream the train split from Parquet through a shuffle buffer of "
+        "this many rows, so memory does not grow with the rows (msmtrec.data.stream; another "
+        "row order than in memory); 0: load it in memory",
+    )
     threads: int | None = Field(None, description="torch intra-op threads")
     device: str = Field("auto", description=f"where the model trains: {DEVICE_HELP}")
     precision: Literal["fp32", "bf16"] = Field("fp32", description=PRECISION_HELP)
@@ -132,6 +139,16 @@ class ClientSettings(ServiceSettings, PrivacySettings):
             raise ValueError(
                 f"precision {self.precision!r} with differential privacy (dp_epsilon / "
                 "dp_noise_multiplier): private training runs in fp32 only; set precision fp32"
+            )
+        if self.stream_buffer_rows > 0 and self.privacy() is not None:
+            raise ValueError(
+                "stream_buffer_rows with differential privacy: DP-SGD samples rows by Poisson "
+                "sampling over the whole split, which a stream cannot; set stream_buffer_rows 0"
+            )
+        if self.stream_buffer_rows > 0 and self.distributed:
+            raise ValueError(
+                "stream_buffer_rows with distributed: the replicas shard an in-memory split; "
+                "set stream_buffer_rows 0"
             )
         return self
 

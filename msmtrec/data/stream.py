@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msmtrec.data.dataset import ScenarioData
+from msmtrec.data.dataset import ScenarioData, ScenarioSplits
 from msmtrec.data.loader import (
     DataValidationError,
     categorical_dtype,
@@ -211,3 +211,21 @@ def stream_scenario(
     cut = n - max(1, round(n * valid_fraction))  # the rule of ScenarioData.split_tail
     train = ParquetStream(train_file, schema, buffer_rows=buffer_rows, stop=cut)
     return train, load_rows(train_file, schema, start=cut), load_split(test_file, schema)
+
+
+def stream_splits(
+    data_dir: Path | str,
+    scenario: str,
+    schema: FeatureSchema = ALIEXPRESS,
+    valid_fraction: float = 0.1,
+    buffer_rows: int = DEFAULT_BUFFER_ROWS,
+) -> ScenarioSplits:
+    """:func:`stream_scenario` as the :class:`ScenarioSplits` a client runtime trains on: the
+    train split a bounded-memory stream, valid and test in memory. What ``simulate
+    --stream-buffer-rows`` and ``msmtrec client --stream-buffer-rows`` load."""
+    if buffer_rows < 1:
+        raise ValueError(f"stream buffer rows must be >= 1, got {buffer_rows}")
+    train, valid, test = stream_scenario(
+        data_dir, scenario, schema, valid_fraction, buffer_rows=buffer_rows
+    )
+    return ScenarioSplits(scenario, train, valid, test, schema)  # type: ignore[arg-type]

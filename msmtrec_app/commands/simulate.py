@@ -161,6 +161,13 @@ def add_simulation_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--progress", action="store_true", help="progress bar per local epoch")
     p.add_argument(
+        "--stream-buffer-rows",
+        type=int,
+        default=0,
+        help="> 0: stream each train split from Parquet through a shuffle buffer of this many "
+        "rows (data larger than memory; another row order than in memory); 0: in memory",
+    )
+    p.add_argument(
         "--publish-to",
         type=Path,
         default=None,
@@ -259,11 +266,14 @@ def experiment_from_args(args: argparse.Namespace) -> ExperimentSettings:
 
 def config_from_args(args: argparse.Namespace):
     """The simulation's configuration: the experiment's protocol plus this run's own
-    settings (scenarios, progress, device, precision, privacy)."""
+    settings (scenarios, progress, device, precision, privacy, streaming)."""
+    if getattr(args, "stream_buffer_rows", 0) < 0:
+        raise SystemExit(f"error: --stream-buffer-rows must be >= 0, got {args.stream_buffer_rows}")
     return experiment_from_args(args).simulation_config(
         args.data,
         scenarios=tuple(args.scenarios) if args.scenarios else None,
         progress=args.progress,
+        stream_buffer_rows=getattr(args, "stream_buffer_rows", 0),
         device=getattr(args, "device", "cpu"),
         precision=getattr(args, "precision", "fp32"),
         privacy=privacy_from_args(args),

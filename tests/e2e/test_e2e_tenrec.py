@@ -110,7 +110,9 @@ def test_tenrec_from_raw_files_to_gateway_predictions(tmp_path, up_run):
         assert by_task["click"] > 0.6, (name, by_task)  # the item effect is learnable
 
     # --- network path: aggregator, one client per scenario, gateway
+    # the clients stream their train splits (out-of-core path) through a small buffer
     up = up_run("up", "--data", str(data), "--spec", "tenrec", "--rounds", "2",
+                "--stream-buffer-rows", "1024",
                 *FREE_PORTS, "--startup-timeout", "240")  # fmt: skip
     wait_until(lambda: up.phase() == "serving", START + 120, "msmtrec up to serve", 0.5,
                up.diagnostics)  # fmt: skip
@@ -120,6 +122,8 @@ def test_tenrec_from_raw_files_to_gateway_predictions(tmp_path, up_run):
     assert [r["round"] for r in rounds] == [1, 2]
     for name in FILES:
         assert set(rounds[-1]["clients"][name]["eval"]["test"]) == {"click", "like"}
+        log = (up.run_dir / "logs" / f"client-{name}.log").read_text()
+        assert "streaming the train split from Parquet (shuffle buffer 1024 rows)" in log
 
     test = pd.read_parquet(data / "QK-video" / "test.parquet").head(4)
     instances = [

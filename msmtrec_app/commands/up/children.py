@@ -118,6 +118,8 @@ def child_configs(
             "precision": getattr(args, "precision", "fp32"),
             **privacy,  # each client protects its own rows
         }
+        if getattr(args, "stream_buffer_rows", 0):  # validated by the client's settings
+            client["stream_buffer_rows"] = args.stream_buffer_rows
         if dataset != DEFAULT_DATASET:  # the client reads its data with it, and joins with it
             client["dataset"] = dataset
         if args.tls:

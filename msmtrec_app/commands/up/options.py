@@ -106,6 +106,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="longest wait for the next round to complete (default 300 s)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (1)")
+    p.add_argument(
+        "--stream-buffer-rows",
+        type=int,
+        default=0,
+        help="> 0: each client streams its Parquet train split through a shuffle buffer of "
+        "this many rows (data larger than memory); 0: in memory (default)",
+    )
     add_device_flags(p)
     p.add_argument(
         "--gateway-device", type=device_arg, default="cpu",
