@@ -24,6 +24,8 @@ EPS = 1e-12  # the same ε under the square root as the SLSQP path
 
 def project_to_simplex(v: np.ndarray) -> np.ndarray:
     """Euclidean projection onto {w ≥ 0, Σ w = 1} (sort-based, O(C log C))."""
+    if not np.all(np.isfinite(v)):
+        raise FloatingPointError(f"simplex projection of a non-finite vector: {v}")
     u = np.sort(v)[::-1]
     css = np.cumsum(u) - 1.0
     ks = np.arange(1, v.size + 1)
@@ -63,12 +65,18 @@ def simplex_qp_weights(
     # Initial step from the curvature c·A/sqrt(wᵀAw) on the simplex's tangent space, where a
     # component shared by every delta (a constant block of A) does not curve: a Gershgorin
     # bound of the centred A (backtracking raises it where it is too small).
-    f_prev, _ = _objective(gram, b, c, w)
+    f_prev, grad = _objective(gram, b, c, w)
+    if float(grad @ w - grad.min()) <= target:
+        # already optimal at the uniform start: e.g. identical deltas, whose centred A is 0
+        # and gives no curvature to size a step by (the step would be infinite)
+        return w
     centred = gram - b[:, None] - b[None, :] + float(b.mean())
     curvature = (
         c * float(np.abs(centred).sum(axis=1).max()) / np.sqrt(max(float(w @ gram @ w), EPS))
     )
-    lipschitz = max(curvature, 1e-300)
+    # a floor relative to the problem's own scale: a near-zero centred A must not make the
+    # first step overflow (backtracking doubles it back up where the curvature needs it)
+    lipschitz = max(curvature, 1e-9 * c * scale / np.sqrt(max(float(w @ gram @ w), EPS)), 1e-300)
     y, t = w.copy(), 1.0
     for _ in range(max_iter):
         f_y, grad_y = _objective(gram, b, c, y)

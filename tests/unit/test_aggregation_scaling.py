@@ -199,3 +199,22 @@ def test_last_deltas_are_written_in_place_and_equal_end_minus_start():
         for n, t in s.last_delta[u.client_id].items():
             assert t.data_ptr() == held[u.client_id][n], n
             assert torch.equal(t, u.params[n] - starts[u.client_id][n]), n
+
+
+@pytest.mark.parametrize("clients", [9, 16, 64])
+def test_identical_deltas_give_uniform_weights_without_error(clients):
+    """Every client sending the same delta (the load test's clients do) makes the centred
+    Gram matrix 0: no curvature to size a first step by. The solver must return the
+    uniform weights (the optimum: every w gives the same objective), not overflow into a
+    NaN projection, which failed the aggregation of every round above 8 clients."""
+    from msmtrec.federation.simplex_qp import frank_wolfe_gap, simplex_qp_weights
+
+    delta = np.random.default_rng(0).normal(size=50)
+    gram = np.full((clients, clients), float(delta @ delta))
+    w = simplex_qp_weights(gram, 0.4)
+    assert np.all(np.isfinite(w)) and abs(w.sum() - 1.0) < 1e-12
+    assert frank_wolfe_gap(gram, 0.4, w) <= 1e-8 * float(delta @ delta)
+    # nearly identical deltas: tiny but non-zero centred curvature, still finite and optimal
+    noisy = gram + 1e-9 * np.eye(clients)
+    w = simplex_qp_weights(noisy, 0.4)
+    assert np.all(np.isfinite(w)) and abs(w.sum() - 1.0) < 1e-9
