@@ -63,6 +63,10 @@ class RoundCloser:
         # write succeeds): shown as storage_problem by /v1/status.
         self.problem: str | None = None
         self.cancelled = threading.Event()  # set on shutdown: stop retrying at once
+        # Aggregations of the current round that failed in a row: a round whose aggregation
+        # keeps failing is reopened at most `attempts` times, then the process stops (exit 3)
+        # instead of reopening it forever (a 16-client run looped so, growing to 20 GB).
+        self.failed_aggregations = 0
 
     def state_digest(self) -> str:
         tensors, meta = self.strategy.state_dict()
@@ -79,10 +83,21 @@ class RoundCloser:
         fault_point("aggregator.aggregate", round_number)
         try:
             self.strategy.aggregate(updates)
-        except Exception:
-            log.exception("aggregation of round %d failed; reopening the round", round_number)
+        except Exception as exc:
+            self.failed_aggregations += 1
             self.reload()
+            if self.failed_aggregations >= self.attempts:
+                raise CloseFailure(
+                    f"aggregation of round {round_number} failed {self.failed_aggregations} "
+                    f"times in a row ({type(exc).__name__}: {exc}); stopping instead of "
+                    "reopening the round again"
+                ) from exc
+            log.exception(
+                "aggregation of round %d failed (%d of %d); reopening the round",
+                round_number, self.failed_aggregations, self.attempts,
+            )  # fmt: skip
             return None
+        self.failed_aggregations = 0
         aggregation_seconds = time.perf_counter() - start
         ckpt_start = time.perf_counter()
         tensors, meta = self.strategy.state_dict()
