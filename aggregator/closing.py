@@ -25,6 +25,7 @@ from msmtrec.codec import tensors_digest, with_meta
 from msmtrec.faults import fault_point
 from msmtrec.federation.strategy import ClientUpdate, Strategy
 from msmtrec.spec import FederationSpec
+from msmtrec.spill import SpillDir
 
 log = logging.getLogger("aggregator")
 
@@ -52,11 +53,14 @@ def _storage_error(exc: BaseException) -> bool:
 class RoundCloser:
     """The Strategy, and what turns a closed round's submissions into its next state."""
 
-    def __init__(self, spec: FederationSpec, store: CheckpointStore) -> None:
+    def __init__(
+        self, spec: FederationSpec, store: CheckpointStore, spill: SpillDir | None = None
+    ) -> None:
         self.spec = spec
+        self.spill = spill
         self.spec_digest = spec.digest()
         self.store = store
-        self.strategy = Strategy(spec.federation(), spec.initial_state())
+        self.strategy = Strategy(spec.federation(), spec.initial_state(), spill)
         self.retry_seconds = 1.0
         self.attempts = CHECKPOINT_ATTEMPTS
         # Why the last checkpoint write failed while it is still being retried (None once a
@@ -154,7 +158,7 @@ class RoundCloser:
 
     def reload(self) -> None:
         """The Strategy as of the last checkpoint (or the initial one)."""
-        fresh = Strategy(self.spec.federation(), self.spec.initial_state())
+        fresh = Strategy(self.spec.federation(), self.spec.initial_state(), self.spill)
         ckpt = self.store.load_latest()
         if ckpt is not None:
             fresh.load_state_dict(ckpt.tensors, ckpt.state["strategy"])

@@ -51,6 +51,7 @@ from msmtrec.federation.methods import check_networked
 from msmtrec.federation.sampling import round_participants
 from msmtrec.federation.strategy import Strategy
 from msmtrec.spec import FederationSpec
+from msmtrec.spill import SpillDir
 
 __all__ = ["Federation", "Payload", "Status", "SubmitResult"]
 
@@ -79,6 +80,7 @@ class Federation(Membership, Submissions, Controller):
         history_rounds: int = DEFAULT_RETENTION,
         clock: Callable[[], float] = time.time,
         hooks: Hooks | None = None,
+        spill: SpillDir | None = None,
     ) -> None:
         check_networked(spec.method)  # central references pool all data: refused, saying why
         if not scenarios:
@@ -97,7 +99,10 @@ class Federation(Membership, Submissions, Controller):
         self.max_poll = max_poll
         self.heartbeat_interval = heartbeat_interval
         self._cond = threading.Condition(threading.RLock())
-        self.closer = RoundCloser(spec, store)
+        # Received submissions and the per-client server state in memory-mapped scratch
+        # files (--spill-dir) instead of RAM; None: RAM.
+        self.spill = spill
+        self.closer = RoundCloser(spec, store, spill)
         self.signature = signature_of(self.strategy.initial, self.strategy.names)
         self.expected = {s.name: s for s in self.signature}
         self.history = History(history_path, history_rounds)

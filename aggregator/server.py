@@ -35,6 +35,7 @@ from aggregator.settings import AggregatorSettings
 from aggregator.statelock import StateDirLock
 from aggregator.status_api import StatusServer, create_app
 from msmtrec.identity import check_scenario_name
+from msmtrec.spill import SpillDir
 from msmtrec_proto import wire
 from msmtrec_proto.federation.v1 import federation_pb2_grpc as pb_grpc
 from servicekit.auth import TokenTable, load_tokens
@@ -118,6 +119,7 @@ def build_federation(
         history_path=state_dir / "history.json",
         history_rounds=settings.history_rounds,
         hooks=metrics,
+        spill=SpillDir(settings.spill_dir) if settings.spill_dir is not None else None,
     )
     federation.closer.attempts = settings.checkpoint_attempts
     federation.closer.retry_seconds = settings.checkpoint_retry_seconds

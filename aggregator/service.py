@@ -328,7 +328,15 @@ class FederationServicer(pb_grpc.FederationServicer):
                 wire.specs_from_proto(header.manifest.tensors),
                 int(header.manifest.total_bytes),
             )
-            assembler = Assembler(ticket.total_bytes)
+            spill = self.fed.spill
+            try:
+                assembler = Assembler(ticket.total_bytes, spill.buffer if spill else None)
+            except OSError as exc:  # the spill directory is full: retryable, said so
+                log.warning("%s: cannot store a submission: %s", scenario, exc)
+                context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the aggregator cannot store the submission now ({exc.strerror}); retry",
+                )
             received = first.ByteSize()
             for message in request_iterator:
                 if message.WhichOneof("kind") != "data":

@@ -100,6 +100,12 @@ class AggregatorSettings(ServiceSettings, ProtocolSettings):
     checkpoint_retry_seconds: float = Field(
         1.0, ge=0, description="pause between two tries of a checkpoint write"
     )
+    spill_dir: Path | None = Field(
+        None,
+        description="keep received submissions and the per-client server state (personalized "
+        "experts, last deltas) in memory-mapped scratch files here instead of RAM: for many "
+        "clients at a large preset (unset: RAM; same results either way)",
+    )
     tensorboard: Path | None = Field(
         None,
         description="directory for TensorBoard event files: per round AUC per scenario × task, "

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,6 +247,10 @@ def iter_chunks(buffer: Buffer, chunk_bytes: int) -> Iterator[memoryview]:
 
 
 # ------------------------------------------------------------------------------ decoding
+def _ordinary_buffer(nbytes: int) -> np.ndarray:
+    return np.empty(nbytes, dtype=np.uint8)
+
+
 class Assembler:
     """Collects a streamed payload into a buffer allocated once at the declared size.
 
@@ -254,9 +258,12 @@ class Assembler:
     and, in :meth:`finish`, a stream that ended short of it.
     """
 
-    def __init__(self, declared_total: int) -> None:
+    def __init__(
+        self, declared_total: int, allocate: Callable[[int], np.ndarray] | None = None
+    ) -> None:
         self.total = declared_total
-        self.buffer = np.empty(declared_total, dtype=np.uint8)
+        # ``allocate``: where the bytes go (e.g. SpillDir.buffer: a memory-mapped file)
+        self.buffer = (allocate or _ordinary_buffer)(declared_total)
         self.received = 0
         self.chunks = 0
 

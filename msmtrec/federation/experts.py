@@ -217,6 +217,8 @@ class ExpertAggregation:
                 # 36 MB tensor costs more in page faults than the arithmetic itself
                 old = mine.get(n)
                 out = old if old is not None and old is not self.initial[n] else None
+                if out is None:
+                    out = self._per_client_empty(ends[c][n])
                 direction = update[n]
                 if cfg.personal_form == "interp":  # θ_start + (1 − a)Δ_c + a·g
                     # Δ_c is last_delta[c][n] (stored this round, the same float32 values)

@@ -59,6 +59,7 @@ from msmtrec.federation.config import FederationConfig
 from msmtrec.federation.experts import ExpertAggregation
 from msmtrec.federation.groups import ParameterGroups, Policy
 from msmtrec.federation.hypergrad import HyperGradients, Scratch, tower_layer
+from msmtrec.spill import SpillDir
 
 Tensors = dict[str, torch.Tensor]
 
@@ -90,8 +91,17 @@ def all_finite(t: torch.Tensor) -> bool:
 class Strategy(ExpertAggregation, HyperGradients):
     """Server state and aggregation of one federation (any method; see module docstring)."""
 
-    def __init__(self, config: FederationConfig, initial: Mapping[str, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        config: FederationConfig,
+        initial: Mapping[str, torch.Tensor],
+        spill: SpillDir | None = None,
+    ) -> None:
         self.config = config
+        # Where the large per-client tensors (personalized experts, last deltas) live: None,
+        # ordinary memory; a SpillDir, memory-mapped scratch files (many clients, big models:
+        # msmtrec/spill.py). The values are the same either way.
+        self.spill = spill
         self.groups: ParameterGroups = config.parameter_groups()
         names = self.groups.sent_names(initial)
         self.names: list[str] = names
@@ -242,7 +252,17 @@ class Strategy(ExpertAggregation, HyperGradients):
             mine = self.last_delta.setdefault(c, {})
             for n in self.expert_names + self.tower_names:
                 old = mine.get(n)
+                if old is None:
+                    old = self._per_client_empty(ends[c][n])
                 mine[n] = torch.sub(ends[c][n], starts[c][n], out=old)
+
+    def _per_client_empty(self, like: torch.Tensor) -> torch.Tensor | None:
+        """Storage for a new per-client tensor shaped like ``like``: in the spill directory
+        when there is one, else None (the operation allocates ordinary memory itself)."""
+        return self.spill.empty_like(like) if self.spill is not None else None
+
+    def _per_client_copy(self, t: torch.Tensor) -> torch.Tensor:
+        return self.spill.copy(t) if self.spill is not None else t.clone()
 
     def _report(self, ids: list[str]) -> dict[str, Any]:
         """The personalization this round applied, as plain JSON-able numbers.
@@ -409,7 +429,7 @@ class Strategy(ExpertAggregation, HyperGradients):
         self.global_params = {n: tensors[f"global/{n}"].clone() for n in self.fedavg_names}
         personal_names = self.expert_names + self.tower_names
         self.personal = {
-            c: {n: tensors[f"personal/{c}/{n}"].clone() for n in personal_names}
+            c: {n: self._per_client_copy(tensors[f"personal/{c}/{n}"]) for n in personal_names}
             for c in meta["clients"]
         }
         self.last_expert_update = {
@@ -422,7 +442,7 @@ class Strategy(ExpertAggregation, HyperGradients):
             for c in meta["attention_clients"]
         }
         self.last_delta = {
-            c: {n: tensors[f"delta/{c}/{n}"].clone() for n in personal_names}
+            c: {n: self._per_client_copy(tensors[f"delta/{c}/{n}"]) for n in personal_names}
             for c in meta.get("delta_clients", [])
         }
         self.round = int(meta["round"])
