@@ -4,6 +4,7 @@
     python benchmarks/aggregation.py --clients 4 16 64 256 --rounds 3
     python benchmarks/aggregation.py --ca-scale exact      # the exact conflict-averse step
     python benchmarks/aggregation.py --accuracy 12         # sketched vs exact g, 12 clients
+    python benchmarks/aggregation.py --clients 64 128 256 --spill /var/tmp/spill  # > RAM
 
 Every size runs in its own fresh process (``--child``), one after the other, so its peak
 resident memory (VmHWM) is its own: the inputs, the server state and the aggregation's
@@ -37,8 +38,10 @@ import json
 import math
 import os
 import pstats
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +55,7 @@ from msmtrec.federation import experts as experts_module
 from msmtrec.federation.config import resolve_method
 from msmtrec.federation.strategy import ClientUpdate, Strategy
 from msmtrec.model import build_model, preset
+from msmtrec.spill import SpillDir
 
 NOISE = 1e-3  # a local round moves weights by ~1e-3 (Adam, lr 3e-3, a few dozen steps)
 SCRIPT = Path(__file__).resolve()
@@ -62,8 +66,11 @@ def initial_state(preset_name: str) -> dict[str, torch.Tensor]:
     return {n: t.detach() for n, t in model.state_dict().items()}
 
 
-def make_updates(strategy: Strategy, clients: int, round_number: int) -> list[ClientUpdate]:
-    """θ_end = θ_start + seeded noise, per client."""
+def make_updates(
+    strategy: Strategy, clients: int, round_number: int, spill: SpillDir | None = None
+) -> list[ClientUpdate]:
+    """θ_end = θ_start + seeded noise, per client (with ``spill``, written into memory-mapped
+    files as the aggregator's ``--spill-dir`` receives submissions)."""
     out = []
     for c in range(clients):
         cid = f"C{c:03d}"
@@ -71,7 +78,8 @@ def make_updates(strategy: Strategy, clients: int, round_number: int) -> list[Cl
         start = strategy.payload(cid)
         params = {}
         for n, t in start.items():
-            noise = torch.randn(t.shape, generator=g)
+            noise = spill.empty_like(t) if spill is not None else torch.empty_like(t)
+            torch.randn(t.shape, generator=g, out=noise)
             noise.mul_(NOISE).add_(t)
             params[n] = noise
         out.append(ClientUpdate(cid, 1000 + 10 * c, params))
@@ -172,11 +180,44 @@ def mem_available() -> int:
     return 0
 
 
+class AnonPeak:
+    """The peak of the process's anonymous resident memory (RssAnon) while it runs, sampled
+    every 10 ms: with ``--spill`` VmHWM also counts the mapped files' pages, which the kernel
+    writes back and evicts under pressure; RssAnon is what cannot be evicted (no swap)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, anon_bytes())
+
+    def __enter__(self) -> AnonPeak:
+        self.peak = anon_bytes()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, anon_bytes())
+
+
+def anon_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def child(args: argparse.Namespace) -> dict:
     """One size, in this fresh process: rounds of generate → aggregate → drop."""
     C.pin_threads(args.threads)
+    spill = SpillDir(args.spill) if args.spill else None
     strategy = Strategy(
-        resolve_method("pfmsmtrec", ca_scale=args.ca_scale), initial_state(args.preset)
+        resolve_method("pfmsmtrec", ca_scale=args.ca_scale), initial_state(args.preset), spill
     )
     clients = args.child
     clock = PhaseClock()
@@ -184,8 +225,9 @@ def child(args: argparse.Namespace) -> dict:
     rounds = []
     profile_text = ""
     for r in range(1, args.rounds + 1):
-        updates = make_updates(strategy, clients, r)
+        updates = make_updates(strategy, clients, r, spill)
         gc.collect()
+        anon_before = anon_bytes()
         before = C.rss_bytes()
         C.reset_peak_rss()
         prof = cProfile.Profile() if args.profile and r == args.rounds else None
@@ -193,7 +235,8 @@ def child(args: argparse.Namespace) -> dict:
         cpu0, t0 = time.process_time(), time.perf_counter()
         if prof is not None:
             prof.enable()
-        strategy.aggregate(updates)
+        with AnonPeak() as anon:
+            strategy.aggregate(updates)
         if prof is not None:
             prof.disable()
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -202,7 +245,8 @@ def child(args: argparse.Namespace) -> dict:
         del updates
         gc.collect()
         rounds.append({"round": r, "wall": wall, "cpu": cpu, "gram": gram, "qp": qp,
-                       "extra": extra, "held": before})  # fmt: skip
+                       "extra": extra, "held": before, "anon_peak": anon.peak,
+                       "anon_extra": anon.peak - anon_before})  # fmt: skip
         print(f"  {clients} clients, round {r}: {wall:.3f} s wall, {cpu:.3f} s CPU", flush=True)
         if prof is not None:
             out = io.StringIO()
@@ -222,7 +266,8 @@ def child(args: argparse.Namespace) -> dict:
 def run_size(args: argparse.Namespace, clients: int, profile: bool) -> dict:
     cmd = [sys.executable, str(SCRIPT), "--child", str(clients), "--preset", args.preset,
            "--rounds", str(args.rounds), "--threads", str(args.threads),
-           "--ca-scale", args.ca_scale] + (["--profile"] if profile else [])  # fmt: skip
+           "--ca-scale", args.ca_scale] + (["--profile"] if profile else []) + (
+               ["--spill", str(args.spill)] if args.spill else [])  # fmt: skip
     proc = subprocess.run(cmd, cwd=C.REPO, capture_output=True, text=True, timeout=args.timeout)
     sys.stdout.write("".join(ln + "\n" for ln in proc.stdout.splitlines() if ln.startswith("  ")))
     if proc.returncode != 0:
@@ -238,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ca-scale", choices=("auto", "exact", "sketch"), default="auto")
     p.add_argument("--profile", action="store_true", help="cProfile one aggregate (largest C)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per size")
+    p.add_argument(
+        "--spill",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="inputs and per-client server state in memory-mapped files under DIR (the "
+        "aggregator's --spill-dir): sizes whose state exceeds the RAM",
+    )
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--accuracy",
@@ -274,12 +327,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = []
     skipped = []
+    if args.spill:
+        args.spill.mkdir(parents=True, exist_ok=True)
+        report.add(
+            f"**Spilled** (`--spill {args.spill}`): inputs, personalized θ and last deltas in "
+            "memory-mapped scratch files (msmtrec/spill.py), so RAM holds the working set and "
+            "the page cache the rest; where they exceed the page cache the times include disk "
+            "I/O. `anon` = anonymous resident memory (RssAnon, sampled every 10 ms), what the "
+            "kernel cannot evict; the peak RSS also counts mapped file pages.",
+            "",
+        )
     for i, c in enumerate(sorted(args.clients)):
         need = c * per_client + (1 << 30)
-        avail = mem_available()
+        where, avail = "GiB available", mem_available()
+        if args.spill:
+            where, avail = f"GiB free on {args.spill}", shutil.disk_usage(args.spill).free
         if need > avail - (1 << 30):
-            skipped.append(f"{c} clients: needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB "
-                           "available (skipped)")  # fmt: skip
+            skipped.append(f"{c} clients: needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} "
+                           f"{where} (skipped)")  # fmt: skip
             print(f"  {skipped[-1]}", flush=True)
             continue
         last = i == len(args.clients) - 1
@@ -304,12 +369,16 @@ def main(argv: list[str] | None = None) -> int:
             C.spread(wall), C.spread(cpu), f"{res['rounds'][0]['wall']:.3g} s",
             f"{C.median(cpu) / c * 1e3:.1f} ms", f"{gram:.3f} s", f"{qp:.3f} s",
             f"{res['hwm'] / 2**30:.2f} GiB",
-            f"{max(r['extra'] for r in later) / 2**20:,.0f} MiB", f"{res['load']:.1f}",
+            f"{max(r['extra'] for r in later) / 2**20:,.0f} MiB",
+            f"{max(r['anon_peak'] for r in later) / 2**30:.2f} GiB / "
+            f"{max(r['anon_extra'] for r in later) / 2**20:,.0f} MiB",
+            f"{res['load']:.1f}",
         ))  # fmt: skip
     report.table(
         ("clients", "conflict-averse step", "wall, rounds ≥ 2", "CPU, rounds ≥ 2",
          "round 1 wall", "CPU per client", "Gram", "QP", "peak RSS (process)",
-         "aggregation's extra memory", "load at end"),
+         "aggregation's extra memory", "anon peak / aggregation's extra anon",
+         "load at end"),
         rows,
     )  # fmt: skip
     if skipped:
