@@ -10,6 +10,9 @@ byte (the tests skip where mounting is not allowed; see ``helpers/disk.py``).
 * The registry full: every client logs the failed publish, reports it in the round record
   (``publish_error``) and goes on training; a model store (what the gateway serves) keeps
   the last good version; the next publish after space returns succeeds.
+* The aggregator's ``--spill-dir`` full: submissions are refused UNAVAILABLE (retryable)
+  while no space is left, the clients retry, and once space returns the federation finishes
+  with the numbers of an uninterrupted run.
 * A second aggregator on the same ``--state-dir`` exits 2 naming the holder, touching
   nothing; SIGTERM while the federation's lock is held (a handler stuck) still ends the
   process within the grace period plus a few seconds.
@@ -24,7 +27,7 @@ import time
 import httpx
 import pytest
 from helpers.disk import fill, small_disk
-from helpers.faults import START, FaultRun
+from helpers.faults import START, FaultRun, assert_equals_uninterrupted
 from helpers.processes import wait_until
 
 from aggregator.checkpoint import CheckpointStore
@@ -208,3 +211,23 @@ def test_unwritable_registry_without_a_mount(make_run):
     for c in clients:
         assert "could not publish the model of round 2" in c.log()
         assert "Traceback" not in c.log()
+
+
+def test_full_spill_dir_refuses_submissions_retryably_and_the_federation_recovers(make_run):
+    run = make_run(rounds=2)
+    spill = run.fed.root / "spill"
+    with small_disk(spill, 4):
+        filler = fill(spill)
+        agg = run.aggregator(spill_dir=spill)
+        clients = [run.client(s) for s in run.fed.scenarios]
+        wait_until(
+            lambda: "cannot store a submission" in agg.log(), START,
+            "a submission refused for want of spill space", 0.1, run.processes.logs,
+        )  # fmt: skip
+        assert "No space left on device" in agg.log()
+        assert agg.alive() and all(c.alive() for c in clients)
+        assert run.status()["completed_rounds"] == 0
+        filler.unlink()  # space back: the clients' retries get through
+        run.finish(clients, agg)
+    run.assert_recovered()
+    assert_equals_uninterrupted(run)
