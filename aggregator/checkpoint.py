@@ -10,6 +10,9 @@ Why it is built this way (DESIGN.md, "No resume"):
   warning and the previous good one is used, so the last ``keep`` rounds are the safety net.
 * **One file, no pickle.** safetensors holds the tensors; the JSON state (strategy metadata,
   round number, round history, federation spec) travels in its string metadata.
+* **Streamed, mapped.** Written tensor by tensor and read as a memory map
+  (``msmtrec/tensor_files.py``): a checkpoint of many clients' state (~80 MB per client at
+  the paper preset) never has to fit in memory at once.
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from msmtrec.codec import canonical_json, tensors_digest, with_meta
 from msmtrec.faults import fault_point
+from msmtrec.tensor_files import map_safetensors, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -74,23 +76,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _independent(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share storage (views of one stacked tensor): clone
-    those, and only those."""
-    seen: dict[int, int] = {}
-    for t in tensors.values():
-        ptr = t.untyped_storage().data_ptr()
-        seen[ptr] = seen.get(ptr, 0) + 1
-    out = {}
-    for name, t in tensors.items():
-        t = t.detach().contiguous()
-        shared = seen[t.untyped_storage().data_ptr()] > 1
-        if shared or t.untyped_storage().nbytes() != t.nbytes:
-            t = t.clone()
-        out[name] = t
-    return out
 
 
 def _writer_pid(name: str) -> int | None:
@@ -139,7 +124,6 @@ class CheckpointStore:
         again when the caller already did."""
         state = dict(state)
         digest = with_meta(digest_of_tensors or tensors_digest(tensors), state)
-        tensors = _independent(tensors)
         metadata = {
             "format": FORMAT,
             "round": str(round_number),
@@ -151,7 +135,7 @@ class CheckpointStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         try:
-            save_file(tensors, str(tmp), metadata=metadata)
+            write_safetensors(tmp, tensors, metadata)
             fault_point("aggregator.checkpoint_write", round_number)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -161,7 +145,7 @@ class CheckpointStore:
             if tmp.exists():
                 tmp.unlink()
         self._prune()
-        return Checkpoint(round_number, tensors, state, final, digest)
+        return Checkpoint(round_number, dict(tensors), state, final, digest)
 
     def _prune(self) -> None:
         for r in self.rounds()[: -self.keep]:
@@ -171,9 +155,7 @@ class CheckpointStore:
     def read(self, path: Path) -> Checkpoint:
         """Load and verify one checkpoint; raises ValueError if it is unreadable or altered."""
         try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-            tensors = load_file(str(path))
+            metadata, tensors = map_safetensors(path)
         except Exception as exc:  # safetensors raises several types for damaged files
             raise ValueError(f"{path}: unreadable checkpoint ({exc})") from exc
         if metadata.get("format") != FORMAT:
