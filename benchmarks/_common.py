@@ -146,6 +146,11 @@ def rss_bytes() -> int:
     return _status_kib("VmRSS") * 1024
 
 
+def anon_bytes() -> int:
+    """RssAnon: resident memory not backed by a file (what the kernel cannot evict here)."""
+    return _status_kib("RssAnon") * 1024
+
+
 def peak_rss_bytes() -> int:
     """VmHWM: the resident-set high-water mark (since start or the last reset)."""
     try:

@@ -192,24 +192,17 @@ class AnonPeak:
 
     def _run(self) -> None:
         while not self._stop.wait(0.01):
-            self.peak = max(self.peak, anon_bytes())
+            self.peak = max(self.peak, C.anon_bytes())
 
     def __enter__(self) -> AnonPeak:
-        self.peak = anon_bytes()
+        self.peak = C.anon_bytes()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, anon_bytes())
-
-
-def anon_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    return 0
+        self.peak = max(self.peak, C.anon_bytes())
 
 
 def child(args: argparse.Namespace) -> dict:
@@ -227,7 +220,7 @@ def child(args: argparse.Namespace) -> dict:
     for r in range(1, args.rounds + 1):
         updates = make_updates(strategy, clients, r, spill)
         gc.collect()
-        anon_before = anon_bytes()
+        anon_before = C.anon_bytes()
         before = C.rss_bytes()
         C.reset_peak_rss()
         prof = cProfile.Profile() if args.profile and r == args.rounds else None

@@ -18,6 +18,7 @@ page is first written.
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import tempfile
@@ -65,10 +66,8 @@ class SpillDir:
 
     def empty(self, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
         """An uninitialized tensor (zero-filled when file-backed)."""
-        numel = 1
-        for s in shape:
-            numel *= int(s)
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        numel = math.prod(int(s) for s in shape)
+        nbytes = numel * dtype.itemsize
         if nbytes == 0 or nbytes < self.min_bytes:
             return torch.empty(tuple(shape), dtype=dtype)
         return torch.frombuffer(self._map(nbytes), dtype=dtype, count=numel).view(tuple(shape))

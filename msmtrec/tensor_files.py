@@ -50,11 +50,11 @@ def write_safetensors(
     header: dict[str, object] = {"__metadata__": dict(metadata)}
     parts: list[torch.Tensor] = []
     offset = 0
-    for name in tensors:
+    # widest elements first (as safetensors does): every tensor starts aligned to its dtype.
+    # The header is complete before the file is opened: a bad dtype writes nothing.
+    for name in sorted(tensors, key=lambda k: (-tensors[k].element_size(), k)):
         if tensors[name].dtype not in _DTYPES:
             raise TypeError(f"{name}: dtype {tensors[name].dtype} cannot be stored in safetensors")
-    # widest elements first (as safetensors does): every tensor starts aligned to its dtype
-    for name in sorted(tensors, key=lambda k: (-tensors[k].element_size(), k)):
         t = tensors[name].detach().contiguous()
         n = t.numel() * t.element_size()
         header[name] = {

@@ -50,17 +50,19 @@ def scenario_column_values(path: Path | str, column: str) -> np.ndarray:
     return np.asarray(values.to_pylist(), dtype=object)
 
 
-def _scenario_files(data_dir: Path) -> dict[str, Path]:
+def _split_files(directory: Path, whose: str) -> dict[str, Path]:
+    """{"train": path, "test": path} in ``directory``; ``whose`` opens the error message."""
     files = {}
     for split in ("train", "test"):
-        found = find_split_file(data_dir, split)
+        found = find_split_file(directory, split)
         if found is None:
-            raise FileNotFoundError(
-                f"the spec's scenarios come from a column: no {split}.csv or {split}.parquet "
-                f"in {data_dir}"
-            )
+            raise FileNotFoundError(f"{whose}: no {split}.csv or {split}.parquet in {directory}")
         files[split] = found
     return files
+
+
+def _scenario_files(data_dir: Path) -> dict[str, Path]:
+    return _split_files(data_dir, "the spec's scenarios come from a column")
 
 
 def list_scenarios(data_dir: Path | str, schema: FeatureSchema | None = None) -> list[str]:
@@ -104,14 +106,7 @@ def load_scenario(
     scenario_dir = Path(data_dir) / scenario
     if not scenario_dir.is_dir():
         raise FileNotFoundError(f"scenario directory not found: {scenario_dir}")
-    files = {}
-    for split in ("train", "test"):
-        found = find_split_file(scenario_dir, split)
-        if found is None:
-            raise FileNotFoundError(
-                f"scenario '{scenario}': no {split}.csv or {split}.parquet in {scenario_dir}"
-            )
-        files[split] = found
+    files = _split_files(scenario_dir, f"scenario '{scenario}'")
     full_train = load_split(files["train"], schema)
     test = load_split(files["test"], schema)
     if len(full_train) < 2:

@@ -13,11 +13,11 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import pytest
 import torch
 from helpers.federation import Federation
+from helpers.memory import spill_mappings
 from helpers.processes import get_json, wait_until
 from safetensors.torch import load_file
 
@@ -91,13 +91,6 @@ def assert_matches_simulation(fed: Federation, rounds: int, method: str = "pfmsm
         assert max_abs_diff(local, sim[s]) <= 1e-6, s
 
 
-def spill_mappings(pid: int, spill: Path) -> int:
-    """Memory maps of process ``pid`` backed by (unlinked) files of the spill directory."""
-    prefix = f"{spill.resolve()}/spill-"
-    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
-    return len({ln.split()[-2] for ln in lines if prefix in ln and ln.endswith("(deleted)")})
-
-
 # pfmsmtrec runs with --spill-dir: the per-client server state in memory-mapped files must
 # give the same numbers (the resume and partial-participation tests cover it in RAM)
 @pytest.mark.parametrize("method", ["pfmsmtrec", "ditto", "fedrep"])
@@ -143,7 +136,7 @@ def test_network_equals_simulation_and_status_api_reports_rounds(tmp_path, proce
     assert get_json(fed.url("/readyz"))["status"] == "ready"
     assert "/v1/rounds/{n}" in get_json(fed.url("/openapi.json"))["paths"]
     if spill is not None:  # personalized experts and last deltas of both clients, no files
-        assert spill_mappings(agg.proc.pid, spill) >= 2 * len(fed.scenarios)
+        assert spill_mappings(spill, agg.proc.pid) >= 2 * len(fed.scenarios)
         assert list(spill.iterdir()) == []
     agg.stop()
     assert agg.proc.returncode == 0, agg.tail()

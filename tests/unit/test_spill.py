@@ -12,18 +12,12 @@ import numpy as np
 import pytest
 import torch
 from helpers.disk import fill, small_disk
+from helpers.memory import spill_mappings
 from unit.test_aggregation_scaling import BEFORE, _rounds, _strategy, _updates
 
 from msmtrec.codec import Assembler, decode, encode
 from msmtrec.federation.strategy import Strategy
 from msmtrec.spill import SpillDir
-
-
-def _mapped_files(directory: Path) -> int:
-    """Mappings of this process backed by (deleted) files of ``directory``."""
-    prefix = str(directory.resolve()) + "/spill-"
-    lines = Path("/proc/self/maps").read_text().splitlines()
-    return len({ln.split()[-2] for ln in lines if prefix in ln and ln.endswith("(deleted)")})
 
 
 def _spilled(tmp_path: Path, **overrides) -> Strategy:
@@ -40,7 +34,7 @@ def test_spilled_strategy_computes_the_same_bits_with_its_state_in_mapped_files(
     experts, towers = len(spilled.expert_names), len(spilled.tower_names)
     # every client's personalized experts and last deltas, each its own mapping (the
     # personalized towers, a few kB, are recomputed in RAM each round) ...
-    assert _mapped_files(tmp_path) == clients * (2 * experts + towers)
+    assert spill_mappings(tmp_path) == clients * (2 * experts + towers)
     for c, params in spilled.personal.items():
         for n in spilled.expert_names:
             assert params[n].untyped_storage().nbytes() == params[n].numel() * 4, (c, n)
@@ -55,7 +49,7 @@ def test_a_checkpoint_loads_into_a_spilled_strategy_and_continues_identically(tm
         plain.aggregate(_updates(plain, ids, r))
     tensors, meta = plain.state_dict()
     spilled.load_state_dict(tensors, meta)
-    assert _mapped_files(tmp_path) > 0
+    assert spill_mappings(tmp_path) > 0
     a, b = plain.aggregate(_updates(plain, ids, 2)), spilled.aggregate(_updates(spilled, ids, 2))
     for c in ids:
         for n in a[c]:
@@ -79,9 +73,9 @@ def test_a_submission_received_into_a_spill_buffer_decodes_to_the_same_tensors(t
         asm.feed(memoryview(enc.buffer)[lo : lo + 65536])
     out = decode(enc.specs, asm.finish())
     assert all(torch.equal(out[n], tensors[n]) for n in tensors)
-    assert _mapped_files(tmp_path) == 1 and list(tmp_path.iterdir()) == []
+    assert spill_mappings(tmp_path) == 1 and list(tmp_path.iterdir()) == []
     del out, asm
-    assert _mapped_files(tmp_path) == 0  # the space goes back with the last view
+    assert spill_mappings(tmp_path) == 0  # the space goes back with the last view
 
 
 def test_small_tensors_stay_in_ordinary_memory(tmp_path):
@@ -89,7 +83,7 @@ def test_small_tensors_stay_in_ordinary_memory(tmp_path):
     small, empty = spill.empty((10, 10), torch.float32), spill.buffer(0)
     big = spill.empty((512, 1024), torch.float32)  # 2 MiB
     assert small.shape == (10, 10) and empty.size == 0
-    assert _mapped_files(tmp_path) == 1
+    assert spill_mappings(tmp_path) == 1
     big.fill_(1.5)
     assert float(big.sum()) == 1.5 * 512 * 1024
 

@@ -4,10 +4,9 @@ anything is mapped, and a mapped read does not copy the file into memory."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers.memory import anon_bytes
 from safetensors.torch import load_file, save_file
 
 from msmtrec.tensor_files import map_safetensors, write_safetensors
@@ -87,17 +86,10 @@ def test_an_unstorable_dtype_is_named(tmp_path):
         write_safetensors(tmp_path / "x", {"c": torch.zeros(2, dtype=torch.complex64)}, {})
 
 
-def _anon() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no RssAnon")
-
-
 def test_a_mapped_read_does_not_copy_the_file_into_anonymous_memory(tmp_path):
     path = tmp_path / "big.safetensors"
     write_safetensors(path, {"w": torch.ones(64 << 18)}, {})  # 64 MiB
-    before = _anon()
+    before = anon_bytes()
     _, mapped = map_safetensors(path)
     assert float(mapped["w"].sum()) == 64 << 18  # every page read
-    assert _anon() - before < 16 << 20  # load_file would add 64 MiB here
+    assert anon_bytes() - before < 16 << 20  # load_file would add 64 MiB here
